@@ -1,0 +1,219 @@
+//! The YAML configuration: schema, `${ENV}` interpolation, validation with
+//! file/line/key errors, and printing with secrets redacted.
+//!
+//! Parsing runs in two passes over the same text. The first reads only the sink
+//! names and kinds; the second parses everything with those known, so that a
+//! reference to a missing sink or a key that does not belong to a sink's kind is
+//! reported by the YAML parser at its own line and column.
+
+mod error;
+mod interpolate;
+mod route;
+mod sink;
+mod source;
+mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use error::ConfigError;
+pub use interpolate::interpolate;
+pub use route::{validate_topic_filter, MatchConfig, RouteConfig, TargetConfig, UnroutedPolicy};
+pub use sink::{
+    FileSinkConfig, MqttSinkConfig, MqttUrl, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
+};
+pub use source::{AmqpUrl, BackoffConfig, SourceConfig, SourceKind};
+pub use values::{HumanDuration, Secret, SinkName};
+
+/// The whole bridge configuration (the top-level YAML keys).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub sinks: Sinks,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub unrouted: UnroutedPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<SinkName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupConfig>,
+    #[serde(default = "default_max_in_flight", deserialize_with = "max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn max_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    values::integer_in(d, 1, 1_000_000)
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration::from_secs(20)
+}
+
+/// TLS settings; server certificates are always verified.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificates to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that want mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The messageId window that drops redelivered duplicates.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    #[serde(default = "default_dedup_ttl")]
+    pub ttl: HumanDuration,
+    #[serde(default = "default_dedup_capacity")]
+    pub capacity: usize,
+}
+
+fn default_dedup_ttl() -> HumanDuration {
+    HumanDuration::from_secs(600)
+}
+fn default_dedup_capacity() -> usize {
+    100_000
+}
+
+/// Backoff for a failed target: doubles from `initial` to `max`, with jitter;
+/// after `max_elapsed` (if set) the failure counts as permanent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_retry_initial")]
+    pub initial: HumanDuration,
+    #[serde(default = "default_retry_max")]
+    pub max: HumanDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elapsed: Option<HumanDuration>,
+}
+
+fn default_retry_initial() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+fn default_retry_max() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+            max_elapsed: None,
+        }
+    }
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` listen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// First pass: only the sinks' names and kinds.
+#[derive(Deserialize)]
+struct Skeleton {
+    #[serde(default)]
+    sinks: Option<BTreeMap<String, KindOnly>>,
+}
+
+#[derive(Deserialize)]
+struct KindOnly {
+    #[serde(default)]
+    kind: Option<yaml_serde::Value>,
+}
+
+impl Config {
+    /// Reads, interpolates and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `origin` names it in errors and `env` looks
+    /// up `${VAR}` references.
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(text, origin, env)?;
+        let skeleton: Skeleton =
+            yaml_serde::from_str(&text).map_err(|e| ConfigError::from_yaml(origin, e))?;
+        let kinds = skeleton
+            .sinks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, k)| match k.kind {
+                Some(yaml_serde::Value::String(kind)) => Some((name, kind)),
+                _ => None,
+            })
+            .collect();
+        let config: Config = values::with_known_sinks(kinds, || yaml_serde::from_str(&text))
+            .map_err(|e| ConfigError::from_yaml(origin, e))?;
+        config.check_consistency(origin)?;
+        Ok(config)
+    }
+
+    /// Rules that involve several keys at once.
+    fn check_consistency(&self, origin: &Path) -> Result<(), ConfigError> {
+        let inconsistent = |message: String| ConfigError::Inconsistent {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let mut names = std::collections::HashSet::new();
+        for route in &self.routes {
+            if let Some(name) = &route.name {
+                if !names.insert(name.as_str()) {
+                    return Err(inconsistent(format!(
+                        "routes: two routes are named `{name}`"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as YAML, every secret shown as `***`.
+    pub fn to_redacted_yaml(&self) -> String {
+        yaml_serde::to_string(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}

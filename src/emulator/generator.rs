@@ -1,0 +1,261 @@
+//! Device traffic in the platform's forwarding formats: property posts, event
+//! posts, online/offline status, device and topology lifecycle.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::source::aliyun::now_ms;
+
+/// A message as the platform pushes it: body plus the application properties
+/// `topic`, `messageId` and `generateTime`, and any extra ones.
+#[derive(Clone, Debug)]
+pub struct PlatformMessage {
+    pub message_id: String,
+    pub topic: String,
+    pub generate_time: i64,
+    pub body: Bytes,
+    pub extra_properties: Vec<(String, String)>,
+}
+
+/// Where the emulator's messages come from.
+pub trait MessageSource: Send {
+    /// The next message, or `None` when there are no more.
+    fn next_message(&mut self) -> Option<PlatformMessage>;
+}
+
+/// Generates `count` messages (0 = without end) from a fleet of devices.
+pub struct Generator {
+    seq: u64,
+    count: u64,
+    id_base: u64,
+    products: Vec<String>,
+    devices_per_product: u64,
+}
+
+impl Generator {
+    /// A generator whose message ids are unique for this run.
+    pub fn new(count: u64) -> Self {
+        let secs = now_ms() / 1000;
+        Generator {
+            seq: 0,
+            count,
+            // 19 digits like the platform's ids: seconds, then a sequence number.
+            id_base: secs * 1_000_000_000,
+            products: vec![
+                "a1ThermoX7k".to_string(),
+                "a1MeterQ2Lz".to_string(),
+                "a1GatewayP9".to_string(),
+            ],
+            devices_per_product: 50,
+        }
+    }
+
+    fn device(&self, n: u64) -> (String, String, String) {
+        let pk = &self.products[(n % self.products.len() as u64) as usize];
+        let dn = format!(
+            "device-{:04}",
+            (n / self.products.len() as u64) % self.devices_per_product
+        );
+        let iot_id = format!("{pk}{dn}00").replace('-', "");
+        (pk.clone(), dn, iot_id)
+    }
+}
+
+fn local_time(ms: i64) -> String {
+    // The platform writes `time` in UTC+8 as "yyyy-MM-dd HH:mm:ss.SSS".
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((ms + 8 * 3_600_000) as u64);
+    let s = humantime::format_rfc3339_millis(t).to_string();
+    s.trim_end_matches('Z').replace('T', " ")
+}
+
+fn utc_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl MessageSource for Generator {
+    fn next_message(&mut self) -> Option<PlatformMessage> {
+        if self.count != 0 && self.seq >= self.count {
+            return None;
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        let now = now_ms() as i64;
+        let (pk, dn, iot_id) = self.device(seq);
+        let request_id = (seq % 100_000).to_string();
+        let (topic, body) = match seq % 20 {
+            0..=13 => (
+                format!("/{pk}/{dn}/thing/event/property/post"),
+                json!({
+                    "deviceType": "CustomCategory", "iotId": iot_id, "requestId": request_id,
+                    "checkFailedData": {}, "productKey": pk, "gmtCreate": now, "deviceName": dn,
+                    "items": {
+                        "Temperature": {"value": 20.0 + (seq % 100) as f64 / 10.0, "time": now},
+                        "Humidity": {"value": 40 + (seq % 30), "time": now}
+                    }
+                }),
+            ),
+            14 | 15 => (
+                format!("/{pk}/{dn}/thing/event/alarm/post"),
+                json!({
+                    "identifier": "alarm", "name": "Alarm", "type": "alert", "iotId": iot_id,
+                    "requestId": request_id, "productKey": pk, "deviceName": dn,
+                    "gmtCreate": now, "time": now, "value": {"level": seq % 3}
+                }),
+            ),
+            16 | 17 => {
+                let status = if seq % 4 == 0 { "online" } else { "offline" };
+                (
+                    format!("/as/mqtt/status/{pk}/{dn}"),
+                    json!({
+                        "status": status, "iotId": iot_id, "productKey": pk, "deviceName": dn,
+                        "time": local_time(now), "utcTime": utc_time(now),
+                        "lastTime": local_time(now - 10), "utcLastTime": utc_time(now - 10),
+                        "clientIp": "192.0.2.10"
+                    }),
+                )
+            }
+            18 => (
+                format!("/{pk}/{dn}/thing/lifecycle"),
+                json!({
+                    "action": "enable", "iotId": iot_id, "productKey": pk, "deviceName": dn,
+                    "deviceSecret": "", "messageCreateTime": now
+                }),
+            ),
+            _ => (
+                format!("/{pk}/{dn}/thing/topo/lifecycle"),
+                json!({
+                    "action": "add", "gwIotId": iot_id, "gwProductKey": pk, "gwDeviceName": dn,
+                    "devices": [{"iotId": format!("{iot_id}sub"), "productKey": "a1SubDevR4t",
+                                 "deviceName": format!("{dn}-sub")}],
+                    "messageCreateTime": now
+                }),
+            ),
+        };
+        Some(PlatformMessage {
+            message_id: (self.id_base + seq).to_string(),
+            topic,
+            generate_time: now,
+            body: Bytes::from(body.to_string()),
+            extra_properties: Vec::new(),
+        })
+    }
+}
+
+/// Replays messages from a JSON-lines file: `{"topic": ..., "body": ...,
+/// "messageId"?: ..., "properties"?: {...}}`; a string body is sent as is,
+/// any other JSON value as its text.
+pub struct FileMessages {
+    messages: std::vec::IntoIter<PlatformMessage>,
+}
+
+impl FileMessages {
+    /// Reads and checks the whole file up front, so a bad line fails at start.
+    pub fn load(path: &Path, limit: u64) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut ids = Generator::new(0);
+        let mut messages = Vec::new();
+        for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = |e: &dyn std::fmt::Display| format!("{}:{}: {e}", path.display(), index + 1);
+            let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| at(&e))?;
+            let topic = value["topic"]
+                .as_str()
+                .ok_or_else(|| at(&"missing string `topic`"))?
+                .to_string();
+            let body = match &value["body"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            let generated = ids
+                .next_message()
+                .ok_or_else(|| at(&"id generator exhausted"))?;
+            let message_id = value["messageId"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(generated.message_id);
+            let extra_properties = value["properties"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map(str::to_string).unwrap_or(v.to_string()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            messages.push(PlatformMessage {
+                message_id,
+                topic,
+                generate_time: value["generateTime"]
+                    .as_i64()
+                    .unwrap_or(generated.generate_time),
+                body: Bytes::from(body),
+                extra_properties,
+            });
+            if limit != 0 && messages.len() as u64 >= limit {
+                break;
+            }
+        }
+        Ok(FileMessages {
+            messages: messages.into_iter(),
+        })
+    }
+
+    /// How many messages the file holds.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// True when the file held no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.len() == 0
+    }
+}
+
+impl MessageSource for FileMessages {
+    fn next_message(&mut self) -> Option<PlatformMessage> {
+        self.messages.next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_covers_the_platform_topics_and_stops_at_count() {
+        let mut g = Generator::new(40);
+        let msgs: Vec<_> = std::iter::from_fn(|| g.next_message()).collect();
+        assert_eq!(msgs.len(), 40);
+        let ids: std::collections::HashSet<_> = msgs.iter().map(|m| &m.message_id).collect();
+        assert_eq!(ids.len(), 40);
+        for suffix in [
+            "/thing/event/property/post",
+            "/thing/event/alarm/post",
+            "/thing/lifecycle",
+            "/thing/topo/lifecycle",
+        ] {
+            assert!(msgs.iter().any(|m| m.topic.ends_with(suffix)), "{suffix}");
+        }
+        let status = msgs
+            .iter()
+            .find(|m| m.topic.starts_with("/as/mqtt/status/"))
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        for key in ["status", "time", "utcTime", "lastTime"] {
+            assert!(body.get(key).is_some(), "{key} in {body}");
+        }
+        assert_eq!(msgs[0].message_id.len(), 19);
+    }
+}

@@ -1,0 +1,235 @@
+//! An AMQP 1.0 server that behaves like IoT Platform's server-side
+//! subscription, so the bridge, its tests and a first run have a faithful source.
+
+mod auth;
+mod certs;
+mod connection;
+mod generator;
+mod sniff;
+mod subscription;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::AuthRules;
+pub use connection::IDLE_TIMEOUT_RANGE_MS;
+pub use generator::{FileMessages, Generator, MessageSource, PlatformMessage};
+pub use subscription::{Limits, Stats, StatsSnapshot, Subscription};
+
+/// How the emulator behaves; the `emulate` flags map onto it one to one.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    /// AccessKeyId → AccessKeySecret.
+    pub access_keys: Vec<(String, String)>,
+    pub consumer_groups: Vec<String>,
+    /// Messages per second per group; 0 = as fast as credit allows.
+    pub rate: u32,
+    /// Messages to generate per group; 0 = without end.
+    pub count: u64,
+    /// Replay these messages instead of generating.
+    pub messages: Option<PathBuf>,
+    pub redeliver_after: Duration,
+    pub receiver_deadline: Duration,
+    pub max_skew: Duration,
+    /// PEM certificate chain and key; `None` = generate for localhost.
+    pub cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5671)),
+            access_keys: vec![("emulator-ak".into(), "emulator-secret".into())],
+            consumer_groups: vec!["DEFAULT_GROUP".into()],
+            rate: 0,
+            count: 0,
+            messages: None,
+            redeliver_after: Duration::from_secs(60),
+            receiver_deadline: Duration::from_secs(15),
+            max_skew: Duration::from_secs(15 * 60),
+            cert: None,
+        }
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot make a certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("messages file: {0}")]
+    Messages(String),
+    #[error("at least one access key and one consumer group are needed")]
+    NothingToServe,
+}
+
+pub(crate) struct Shared {
+    rules: Arc<AuthRules>,
+    subscriptions: HashMap<String, Arc<Subscription>>,
+    stats: Arc<Stats>,
+    tls: tokio_rustls::TlsAcceptor,
+    receiver_deadline: Duration,
+}
+
+/// A running emulator.
+pub struct Emulator {
+    addr: SocketAddr,
+    ca_pem: Option<String>,
+    stats: Arc<Stats>,
+    subscriptions: HashMap<String, Arc<Subscription>>,
+    stop: CancellationToken,
+    accept_task: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Binds the listener and starts serving.
+    pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
+        if config.access_keys.is_empty() || config.consumer_groups.is_empty() {
+            return Err(EmulatorError::NothingToServe);
+        }
+        let identity = match &config.cert {
+            Some((cert, key)) => certs::from_files(cert, key)?,
+            None => certs::generate()?,
+        };
+        let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            identity.chain,
+            identity.key,
+        )?);
+        let stats = Arc::new(Stats::default());
+        let limits = Limits {
+            redeliver_after: config.redeliver_after,
+            rate: Some(config.rate).filter(|r| *r > 0),
+            max_clients: 64,
+            max_connections_per_client: 128,
+        };
+        let mut subscriptions = HashMap::new();
+        for group in &config.consumer_groups {
+            let (source, total): (Box<dyn MessageSource>, Option<u64>) = match &config.messages {
+                Some(path) => {
+                    let file =
+                        FileMessages::load(path, config.count).map_err(EmulatorError::Messages)?;
+                    let total = file.len() as u64;
+                    (Box::new(file), Some(total))
+                }
+                None => (
+                    Box::new(Generator::new(config.count)),
+                    Some(config.count).filter(|c| *c > 0),
+                ),
+            };
+            let sub = Subscription::new(source, total, limits.clone(), stats.clone());
+            subscriptions.insert(group.clone(), Arc::new(sub));
+        }
+        let rules = AuthRules {
+            keys: config.access_keys.iter().cloned().collect(),
+            consumer_groups: config
+                .consumer_groups
+                .iter()
+                .cloned()
+                .collect::<HashSet<_>>(),
+            max_skew: config.max_skew,
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| EmulatorError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            rules: Arc::new(rules),
+            subscriptions: subscriptions.clone(),
+            stats: stats.clone(),
+            tls,
+            receiver_deadline: config.receiver_deadline,
+        });
+        let stop = CancellationToken::new();
+        let accept_task = tokio::spawn(accept_loop(listener, shared, stop.clone()));
+        tracing::info!(%addr, "IoT Platform emulator listening (TLS)");
+        Ok(Emulator {
+            addr,
+            ca_pem: identity.ca_pem,
+            stats,
+            subscriptions,
+            stop,
+            accept_task,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// PEM of the CA that signed the generated certificate, if one was generated.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Resolves once every message of every group was accepted (bounded sources only).
+    pub async fn all_accepted(&self) {
+        for sub in self.subscriptions.values() {
+            let mut done = sub.done();
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Closes every connection and stops listening.
+    pub async fn shutdown(self) -> StatsSnapshot {
+        self.stop.cancel();
+        let _ = self.accept_task.await;
+        self.stats.snapshot()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection::serve(stream, peer, shared.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        connections.abort_all();
+    }
+}

@@ -1,0 +1,337 @@
+//! One consumer group's subscription: the queue of messages to push, the
+//! redelivery schedule, the rate limit, the client limit and the counters.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, Outcome};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::generator::{MessageSource, PlatformMessage};
+
+/// Emulator-wide counters, readable in-process by tests and printed as JSON.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub pushed: AtomicU64,
+    pub accepted: AtomicU64,
+    pub released: AtomicU64,
+    pub rejected: AtomicU64,
+    pub modified: AtomicU64,
+    pub redelivered: AtomicU64,
+    /// Pushed and not settled when the link or connection went away.
+    pub unsettled_at_disconnect: AtomicU64,
+    /// Pushed at least once and not accepted yet.
+    pub outstanding: AtomicI64,
+    pub logins_ok: AtomicU64,
+    pub logins_refused: AtomicU64,
+    /// Connections closed for breaking a rule (idle timeout, no receiver,
+    /// client limits).
+    pub connections_refused: AtomicU64,
+    /// Links refused (a second receiver or any sender).
+    pub links_refused: AtomicU64,
+    pub receivers_attached: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment; the emulator's final JSON line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub pushed: u64,
+    pub accepted: u64,
+    pub released: u64,
+    pub rejected: u64,
+    pub modified: u64,
+    pub redelivered: u64,
+    pub outstanding: i64,
+    pub unsettled_at_disconnect: u64,
+    pub logins_ok: u64,
+    pub logins_refused: u64,
+    pub connections_refused: u64,
+    pub links_refused: u64,
+    pub receivers_attached: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            pushed: get(&self.pushed),
+            accepted: get(&self.accepted),
+            released: get(&self.released),
+            rejected: get(&self.rejected),
+            modified: get(&self.modified),
+            redelivered: get(&self.redelivered),
+            outstanding: self.outstanding.load(Ordering::Relaxed),
+            unsettled_at_disconnect: get(&self.unsettled_at_disconnect),
+            logins_ok: get(&self.logins_ok),
+            logins_refused: get(&self.logins_refused),
+            connections_refused: get(&self.connections_refused),
+            links_refused: get(&self.links_refused),
+            receivers_attached: get(&self.receivers_attached),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A message waiting to be pushed, with how often it was pushed before.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub message: Arc<PlatformMessage>,
+    pub attempts: u32,
+}
+
+impl Pending {
+    /// The AMQP message: binary body and the platform's application properties.
+    pub fn to_amqp(&self) -> Message<Data> {
+        let m = &self.message;
+        let mut props = ApplicationProperties::builder()
+            .insert("topic", SimpleValue::String(m.topic.clone()))
+            .insert("messageId", SimpleValue::String(m.message_id.clone()))
+            .insert("generateTime", SimpleValue::Long(m.generate_time));
+        for (k, v) in &m.extra_properties {
+            props = props.insert(k.as_str(), SimpleValue::String(v.clone()));
+        }
+        Message::builder()
+            .application_properties(props.build())
+            .data(Binary::from(m.body.to_vec()))
+            .build()
+    }
+}
+
+struct Queue {
+    source: Box<dyn MessageSource>,
+    source_done: bool,
+    ready: VecDeque<Pending>,
+    delayed: BinaryHeap<Reverse<(Instant, u64)>>,
+    delayed_items: HashMap<u64, Pending>,
+    delayed_seq: u64,
+    accepted_unique: u64,
+    clients: HashMap<String, usize>,
+}
+
+/// Limits of the platform that the subscription enforces.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub redeliver_after: Duration,
+    /// Messages per second for the whole group; `None` = as fast as credit allows.
+    pub rate: Option<u32>,
+    pub max_clients: usize,
+    pub max_connections_per_client: usize,
+}
+
+/// A consumer group's subscription.
+pub struct Subscription {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    next_slot: Mutex<Instant>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    total: Option<u64>,
+    done: watch::Sender<bool>,
+}
+
+impl Subscription {
+    /// `total` is the number of messages the source will produce, if known.
+    pub fn new(
+        source: Box<dyn MessageSource>,
+        total: Option<u64>,
+        limits: Limits,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Subscription {
+            queue: Mutex::new(Queue {
+                source,
+                source_done: false,
+                ready: VecDeque::new(),
+                delayed: BinaryHeap::new(),
+                delayed_items: HashMap::new(),
+                delayed_seq: 0,
+                accepted_unique: 0,
+                clients: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            next_slot: Mutex::new(Instant::now()),
+            limits,
+            stats,
+            total,
+            done: watch::channel(false).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves consistent data (no multi-step updates).
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once every message of a bounded source was accepted.
+    pub fn done(&self) -> watch::Receiver<bool> {
+        self.done.subscribe()
+    }
+
+    /// Registers one connection of `client_id`; refused past the platform's limits.
+    pub fn register_client(self: &Arc<Self>, client_id: &str) -> Result<ClientGuard, String> {
+        let mut q = self.lock();
+        let known = q.clients.len();
+        let entry = q.clients.entry(client_id.to_string()).or_insert(0);
+        if *entry == 0 && known >= self.limits.max_clients {
+            q.clients.remove(client_id);
+            return Err(format!(
+                "consumer group already has {} clients (limit {})",
+                known, self.limits.max_clients
+            ));
+        }
+        if *entry >= self.limits.max_connections_per_client {
+            return Err(format!(
+                "client `{client_id}` already has {} connections (limit {})",
+                *entry, self.limits.max_connections_per_client
+            ));
+        }
+        *entry += 1;
+        Ok(ClientGuard {
+            subscription: self.clone(),
+            client_id: client_id.to_string(),
+        })
+    }
+
+    async fn wait_for_rate_slot(&self) {
+        let Some(rate) = self.limits.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        let slot = {
+            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + Duration::from_secs(1) / rate;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// The next message to push. Cancel-safe: nothing is taken from the queue
+    /// until the moment it is returned.
+    pub async fn take(&self) -> Pending {
+        self.wait_for_rate_slot().await;
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut q = self.lock();
+                let now = Instant::now();
+                while let Some(Reverse((at, id))) = q.delayed.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    q.delayed.pop();
+                    if let Some(p) = q.delayed_items.remove(&id) {
+                        q.ready.push_back(p);
+                    }
+                }
+                if let Some(p) = q.ready.pop_front() {
+                    return p;
+                }
+                if !q.source_done {
+                    match q.source.next_message() {
+                        Some(m) => {
+                            return Pending {
+                                message: Arc::new(m),
+                                attempts: 0,
+                            }
+                        }
+                        None => q.source_done = true,
+                    }
+                }
+                q.delayed.peek().map(|Reverse((at, _))| *at)
+            };
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// A message taken but never sent goes back to the front of the queue.
+    pub fn put_back(&self, pending: Pending) {
+        self.lock().ready.push_front(pending);
+        self.wake.notify_waiters();
+    }
+
+    /// Records that the transfer went out.
+    pub fn on_pushed(&self, pending: &Pending) {
+        Stats::bump(&self.stats.pushed);
+        if pending.attempts == 0 {
+            self.stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        } else {
+            Stats::bump(&self.stats.redelivered);
+        }
+    }
+
+    /// Applies the client's outcome: accepted is done; anything else, including
+    /// no outcome because the link went away, is redelivered later.
+    pub fn on_outcome(&self, pending: Pending, outcome: Result<Outcome, impl std::fmt::Debug>) {
+        let counter = match &outcome {
+            Ok(Outcome::Accepted(_)) => {
+                Stats::bump(&self.stats.accepted);
+                self.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+                let mut q = self.lock();
+                q.accepted_unique += 1;
+                if Some(q.accepted_unique) == self.total {
+                    self.done.send_replace(true);
+                }
+                return;
+            }
+            Ok(Outcome::Released(_)) => &self.stats.released,
+            Ok(Outcome::Rejected(_)) => &self.stats.rejected,
+            Ok(Outcome::Modified(_)) => &self.stats.modified,
+            Err(_) => &self.stats.unsettled_at_disconnect,
+        };
+        Stats::bump(counter);
+        tracing::debug!(message_id = %pending.message.message_id, ?outcome, "not accepted; will redeliver");
+        let mut q = self.lock();
+        let id = q.delayed_seq;
+        q.delayed_seq += 1;
+        q.delayed
+            .push(Reverse((Instant::now() + self.limits.redeliver_after, id)));
+        q.delayed_items.insert(
+            id,
+            Pending {
+                message: pending.message,
+                attempts: pending.attempts + 1,
+            },
+        );
+        drop(q);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Holds a client's connection slot in its group; frees it when dropped.
+pub struct ClientGuard {
+    subscription: Arc<Subscription>,
+    client_id: String,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        let mut q = self.subscription.lock();
+        if let Some(n) = q.clients.get_mut(&self.client_id) {
+            *n -= 1;
+            if *n == 0 {
+                q.clients.remove(&self.client_id);
+            }
+        }
+    }
+}

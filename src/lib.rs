@@ -1,0 +1,9 @@
+//! amqp-bridge: consumes an AMQP 1.0 source (first of all Alibaba Cloud IoT
+//! Platform's server-side subscription) and forwards each message to the sinks
+//! its routes name, settling it at the source only after they confirmed.
+
+pub mod config;
+pub mod emulator;
+pub mod source;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,3 @@
+//! AMQP 1.0 ingress. `aliyun` builds the platform's signed login.
+
+pub mod aliyun;
