@@ -185,10 +185,11 @@ fn sign(path: &Path, show_password: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let source = &config.source;
     let login = sign_now(&Credentials::from_config(source, &source.client_id));
-    println!("username: {}", login.username);
     if show_password {
+        println!("username: {}", login.username);
         println!("password: {}", login.password.expose());
     } else {
+        println!("username: {}", login.username_redacted());
         println!("password: {}", login.password);
     }
     Ok(ExitCode::SUCCESS)

@@ -18,7 +18,7 @@ pub const SINK_KINDS: &[&str] = &["mqtt", "file", "stdout"];
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum SinkConfig {
-    Mqtt(MqttSinkConfig),
+    Mqtt(Box<MqttSinkConfig>),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
 }
@@ -144,7 +144,7 @@ impl<'de> Visitor<'de> for SinksVisitor {
         let mut sinks = BTreeMap::new();
         while let Some(name) = map.next_key::<String>()? {
             let sink = match known_sink_kind(&name).as_deref() {
-                Some("mqtt") => SinkConfig::Mqtt(map.next_value()?),
+                Some("mqtt") => SinkConfig::Mqtt(Box::new(map.next_value()?)),
                 Some("file") => SinkConfig::File(map.next_value()?),
                 Some("stdout") => SinkConfig::Stdout(map.next_value()?),
                 Some(other) => {

@@ -155,8 +155,11 @@ async fn run(
                 }
             }
             attach = next_attach(&mut session) => {
-                let Some(attach) = attach else { break };
-                let Some(s) = session.as_mut() else { break };
+                let (Some(attach), Some(s)) = (attach, session.as_mut()) else {
+                    // The session ended; the client may begin another one.
+                    session = None;
+                    continue;
+                };
                 let busy = pusher.as_ref().is_some_and(|p| !p.is_finished());
                 if let Some(sender) = accept_link(attach, s, busy, &shared.stats).await {
                     attached_once = true;

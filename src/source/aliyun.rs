@@ -100,6 +100,19 @@ pub struct SignedLogin {
     pub password: Secret,
 }
 
+impl SignedLogin {
+    /// The username with an STS token's value replaced by `***`, for printing.
+    pub fn username_redacted(&self) -> String {
+        match self.username.split_once("securityToken=") {
+            Some((head, tail)) => {
+                let rest = tail.find([',', '|']).map(|i| &tail[i..]).unwrap_or("");
+                format!("{head}securityToken=***{rest}")
+            }
+            None => self.username.clone(),
+        }
+    }
+}
+
 /// The text the platform signs: keys sorted, joined by `&`.
 pub fn string_to_sign(
     access_key_id: &str,
@@ -293,6 +306,9 @@ mod tests {
         let mut c = creds(&secret, Some(&token), SignMethod::HmacSha256);
         c.instance_id = None;
         let login = sign_at(&c, TS);
+        assert!(login
+            .username_redacted()
+            .contains("securityToken=***,signMethod"));
         assert_eq!(
             login.username,
             "bridge-1|authMode=ststoken,securityToken=TOK,signMethod=hmacsha256,\

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, skipping whatever is already present.
+# Safe to run again and again. Needs root (or sudo) for Debian packages.
+set -euo pipefail
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "install-test-deps: installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # The package starts a system-wide broker on 1883; the tests start their own.
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+  $SUDO service mosquitto stop >/dev/null 2>&1 || true
+else
+  echo "install-test-deps: everything present"
+fi

@@ -1,0 +1,103 @@
+//! The command line as a user runs it: exit codes and what is printed.
+
+use std::process::Command;
+
+const CONFIG: &str = r#"source:
+  kind: aliyun
+  url: amqps://1234.iot-amqp.cn-shanghai.aliyuncs.com:5671
+  access_key_id: LTAIcli
+  access_key_secret: ${CLI_TEST_SK}
+  consumer_group_id: CG1
+  client_id: bridge-cli
+  security_token: ${CLI_TEST_STS}
+sinks:
+  out: { kind: mqtt, url: "mqtt://127.0.0.1:1883", password: "${CLI_TEST_MQTT_PW}" }
+routes:
+  - match: { topic: "/#" }
+    to: [ { sink: out, topic: "x/{messageId}" } ]
+"#;
+
+const SECRETS: [&str; 3] = [
+    "cli-secret-key-value",
+    "cli-sts-token-value",
+    "cli-mqtt-password",
+];
+
+fn bridge(args: &[&str], config: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", path.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
+        .args(&all)
+        .env("CLI_TEST_SK", SECRETS[0])
+        .env("CLI_TEST_STS", SECRETS[1])
+        .env("CLI_TEST_MQTT_PW", SECRETS[2])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_the_effective_config_without_secrets() {
+    let (code, stdout, stderr) = bridge(&["check"], CONFIG);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("access_key_id: LTAIcli"), "{stdout}");
+    assert!(stdout.contains("'***'"), "{stdout}");
+    for secret in SECRETS {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} printed"
+        );
+    }
+}
+
+#[test]
+fn check_exits_1_naming_file_line_and_key() {
+    let (code, _, stderr) = bridge(
+        &["check"],
+        &CONFIG.replace("  credit_x", "").replace(
+            "client_id: bridge-cli",
+            "client_id: bridge-cli\n  credit: 0",
+        ),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bridge.yaml:8:") && stderr.contains("source.credit"),
+        "{stderr}"
+    );
+    for secret in SECRETS {
+        assert!(!stderr.contains(secret), "{secret} printed");
+    }
+}
+
+#[test]
+fn sign_prints_username_and_hides_the_password_unless_asked() {
+    let (code, stdout, _) = bridge(&["sign"], CONFIG);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("username: bridge-cli|authMode=ststoken,securityToken=***,"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(SECRETS[1]), "STS token printed: {stdout}");
+    assert!(lines[0].contains(",signMethod=hmacsha1,consumerGroupId=CG1,authId=LTAIcli,timestamp="));
+    assert_eq!(lines[1], "password: ***");
+
+    let (code, stdout, _) = bridge(&["sign", "--show-password"], CONFIG);
+    assert_eq!(code, 0);
+    let password = stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .strip_prefix("password: ")
+        .unwrap();
+    assert_eq!(password.len(), 28, "base64 of a SHA-1 HMAC: {password}");
+}
