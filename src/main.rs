@@ -245,17 +245,16 @@ async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
         eprintln!("all messages accepted");
     }
     let snapshot = emulator.shutdown().await;
+    // Field order as documented: pushed first, outstanding last.
     println!(
-        "{}",
-        serde_json::json!({
-            "pushed": snapshot.pushed,
-            "accepted": snapshot.accepted,
-            "released": snapshot.released,
-            "rejected": snapshot.rejected,
-            "modified": snapshot.modified,
-            "redelivered": snapshot.redelivered,
-            "outstanding": snapshot.outstanding,
-        })
+        "{{\"pushed\":{},\"accepted\":{},\"released\":{},\"rejected\":{},\"modified\":{},\"redelivered\":{},\"outstanding\":{}}}",
+        snapshot.pushed,
+        snapshot.accepted,
+        snapshot.released,
+        snapshot.rejected,
+        snapshot.modified,
+        snapshot.redelivered,
+        snapshot.outstanding
     );
     Ok(ExitCode::SUCCESS)
 }
