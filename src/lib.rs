@@ -2,8 +2,14 @@
 //! Platform's server-side subscription) and forwards each message to the sinks
 //! its routes name, settling it at the source only after they confirmed.
 
+pub mod backoff;
+pub mod bridge;
 pub mod config;
 pub mod emulator;
+pub mod envelope;
+pub mod pipeline;
+pub mod route;
+pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod tls;

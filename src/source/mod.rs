@@ -1,5 +1,8 @@
-//! AMQP 1.0 ingress. `aliyun` builds the platform's signed login; `connect`
-//! opens one TLS + SASL connection.
+//! AMQP 1.0 ingress: `aliyun` signs the platform's login, `connect` opens one
+//! TLS + SASL connection, `link` runs a receiver with credit bound to free
+//! in-flight slots, `subscriber` supervises N connections with reconnects.
 
 pub mod aliyun;
 pub mod connect;
+pub mod link;
+pub mod subscriber;

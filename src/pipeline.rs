@@ -1,0 +1,206 @@
+//! Per-message delivery tracking: route, fan out, wait for every target's
+//! confirmation, retry transient failures with backoff while the message keeps
+//! its in-flight slot, and settle at the source only then.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::config::RetryConfig;
+use crate::envelope::{Disposition, Envelope, Settlement};
+use crate::route::{Route, Router, Target, Unrouted};
+use crate::sink::{Outgoing, Sink, SinkError};
+
+/// Counters of the bridge, read by the status line, metrics and tests.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    pub received: AtomicU64,
+    /// Target copies confirmed by their broker.
+    pub forwarded: AtomicU64,
+    pub accepted: AtomicU64,
+    pub released: AtomicU64,
+    pub unrouted: AtomicU64,
+    /// Target sends that failed and were tried again.
+    pub retries: AtomicU64,
+    /// Targets that failed for good.
+    pub failed: AtomicU64,
+    /// Deliveries being processed now.
+    pub in_flight: AtomicU64,
+    /// The highest `in_flight` seen.
+    pub in_flight_peak: AtomicU64,
+}
+
+impl BridgeStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Routes and delivers messages; one task per message, its targets in parallel.
+pub struct Pipeline {
+    router: Router,
+    sinks: Vec<Arc<dyn Sink>>,
+    retry: RetryConfig,
+    stats: Arc<BridgeStats>,
+    tasks: TaskTracker,
+    give_up: CancellationToken,
+}
+
+impl Pipeline {
+    /// A pipeline over compiled routes and started sinks.
+    pub fn new(
+        router: Router,
+        sinks: Vec<Arc<dyn Sink>>,
+        retry: RetryConfig,
+        stats: Arc<BridgeStats>,
+    ) -> Self {
+        Pipeline {
+            router,
+            sinks,
+            retry,
+            stats,
+            tasks: TaskTracker::new(),
+            give_up: CancellationToken::new(),
+        }
+    }
+
+    /// Takes one delivery; it is settled once its fate is known.
+    pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
+        BridgeStats::bump(&self.stats.received);
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.in_flight_peak.fetch_max(now, Ordering::Relaxed);
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let disposition = this.process(Arc::new(envelope)).await;
+            let counter = match disposition {
+                Disposition::Accept => &this.stats.accepted,
+                Disposition::Release => &this.stats.released,
+            };
+            BridgeStats::bump(counter);
+            this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            settlement.settle(disposition);
+        });
+    }
+
+    async fn process(&self, envelope: Arc<Envelope>) -> Disposition {
+        let routes = self.router.matching(&envelope);
+        if routes.is_empty() {
+            BridgeStats::bump(&self.stats.unrouted);
+            return match self.router.unrouted {
+                Unrouted::Accept => Disposition::Accept,
+                Unrouted::Release => Disposition::Release,
+                Unrouted::Sink(sink) => {
+                    let target = Target {
+                        sink,
+                        topic: None,
+                        qos: 1,
+                        retain: false,
+                    };
+                    match self.deliver("unrouted", &target, &envelope).await {
+                        Ok(()) => Disposition::Accept,
+                        Err(_) => Disposition::Release,
+                    }
+                }
+            };
+        }
+        let sends = routes
+            .iter()
+            .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route.name.as_str(), t)))
+            .map(|(route, target)| self.deliver(route, target, &envelope));
+        let results = join_all(sends).await;
+        if results.iter().all(Result::is_ok) {
+            Disposition::Accept
+        } else {
+            Disposition::Release
+        }
+    }
+
+    /// Sends one copy, retrying transient failures until it succeeds, fails
+    /// for good, runs past `retry.max_elapsed`, or shutdown gives up.
+    async fn deliver(
+        &self,
+        route: &str,
+        target: &Target,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(), SinkError> {
+        let sink = &self.sinks[target.sink];
+        let topic = match &target.topic {
+            Some(template) => match template.render(envelope) {
+                Ok(topic) => Some(topic),
+                Err(e) => {
+                    BridgeStats::bump(&self.stats.failed);
+                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot build destination");
+                    return Err(SinkError::Permanent(e.to_string()));
+                }
+            },
+            None => None,
+        };
+        let message = Outgoing {
+            envelope: envelope.clone(),
+            topic,
+            qos: target.qos,
+            retain: target.retain,
+        };
+        let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
+        let started = Instant::now();
+        loop {
+            let error = match sink.send(message.clone()).await {
+                Ok(()) => {
+                    BridgeStats::bump(&self.stats.forwarded);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let give_up = match &error {
+                SinkError::Permanent(_) => true,
+                SinkError::Transient(_) => self
+                    .retry
+                    .max_elapsed
+                    .is_some_and(|max| started.elapsed() >= max.0),
+            };
+            if give_up {
+                BridgeStats::bump(&self.stats.failed);
+                tracing::warn!(route, sink = sink.name(), %error, message_id = envelope.message_id(), "target failed");
+                return Err(SinkError::Permanent(error.to_string()));
+            }
+            BridgeStats::bump(&self.stats.retries);
+            let delay = backoff.next_delay();
+            tracing::debug!(route, sink = sink.name(), %error, retry_in = ?delay, "target will be retried");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.give_up.cancelled() => return Err(error),
+            }
+        }
+    }
+
+    /// Waits until every message in flight is settled, up to `timeout`; then
+    /// makes retrying messages give up (they are released) and waits briefly.
+    /// Returns true when everything finished within `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        self.give_up.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        false
+    }
+
+    /// The sinks, for readiness and closing.
+    pub fn sinks(&self) -> &[Arc<dyn Sink>] {
+        &self.sinks
+    }
+}

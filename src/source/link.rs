@@ -1,0 +1,176 @@
+//! One receiver link: grants credit only for free in-flight slots, turns each
+//! delivery into an [`Envelope`] with its [`Settlement`], and applies the
+//! outcomes the pipeline sends back.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::Receiver;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{Disposition, Envelope, Settlement};
+use crate::pipeline::Pipeline;
+
+/// How a link's loop ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// The bridge is shutting down.
+    Closed,
+    /// The link or connection failed; the text says why.
+    Lost(String),
+}
+
+/// Everything the link loop shares with the rest of the bridge.
+pub struct LinkContext {
+    pub pipeline: Arc<Pipeline>,
+    /// One permit per message in flight, shared by all links (`max_in_flight`).
+    pub slots: Arc<Semaphore>,
+    /// The most credit this link may have outstanding.
+    pub credit: u32,
+    /// Cancelled first on shutdown: grant no more credit, release late arrivals.
+    pub intake_stop: CancellationToken,
+    /// Cancelled once in-flight messages are settled: leave the loop.
+    pub close: CancellationToken,
+}
+
+/// Runs one attached receiver until it fails or the bridge closes.
+pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
+    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<(DeliveryInfo, Disposition)>();
+    // Permits backing the credit granted and not yet used by a delivery.
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut stopping = false;
+    loop {
+        let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+        if !stopping && granted <= ctx.credit / 2 {
+            let want = (ctx.credit - granted) as usize;
+            let free = ctx.slots.available_permits().min(want);
+            if free > 0 {
+                if let Ok(more) = ctx.slots.clone().try_acquire_many_owned(free as u32) {
+                    merge(&mut held, more);
+                    let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+                    if let Err(e) = receiver.set_credit(granted).await {
+                        return LinkEnd::Lost(format!("cannot grant credit: {e}"));
+                    }
+                    continue;
+                }
+            }
+        }
+        let need_slot = !stopping && granted == 0;
+        tokio::select! {
+            biased;
+            Some((info, disposition)) = settle_rx.recv() => {
+                let result = match disposition {
+                    Disposition::Accept => receiver.accept(info).await,
+                    Disposition::Release => receiver.release(info).await,
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "settlement not sent");
+                }
+            }
+            _ = ctx.close.cancelled() => return LinkEnd::Closed,
+            _ = ctx.intake_stop.cancelled(), if !stopping => {
+                stopping = true;
+                let _ = receiver.set_credit(0).await;
+                held = None;
+            }
+            slot = ctx.slots.clone().acquire_owned(), if need_slot => {
+                let Ok(slot) = slot else { return LinkEnd::Closed };
+                merge(&mut held, slot);
+                let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+                if let Err(e) = receiver.set_credit(granted).await {
+                    return LinkEnd::Lost(format!("cannot grant credit: {e}"));
+                }
+            }
+            delivery = receiver.recv::<Body<Value>>() => {
+                let delivery = match delivery {
+                    Ok(d) => d,
+                    Err(e) => return LinkEnd::Lost(format!("link failed: {e}")),
+                };
+                let slot = held.as_mut().and_then(|p| {
+                    if p.num_permits() > 1 { p.split(1) } else { None }
+                }).or_else(|| held.take());
+                let info = DeliveryInfo::from(&delivery);
+                if stopping || slot.is_none() {
+                    // Arrived after shutdown began, or beyond the credit we gave.
+                    let _ = receiver.release(info).await;
+                    continue;
+                }
+                let envelope = to_envelope(delivery);
+                ctx.pipeline.dispatch(envelope, Settlement::new(settle_tx.clone(), info, slot));
+            }
+        }
+    }
+}
+
+fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
+    match held {
+        Some(p) => p.merge(more),
+        None => *held = Some(more),
+    }
+}
+
+/// Copies the body once into shared bytes and renders the properties as text.
+pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Envelope {
+    let message = delivery.into_message();
+    let properties = message
+        .application_properties
+        .map(|props| {
+            props
+                .0
+                .into_iter()
+                .map(|(k, v)| (k, simple_to_string(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = match message.body {
+        Body::Data(batch) => {
+            let mut parts = batch.into_iter();
+            match (parts.next(), parts.next()) {
+                (Some(only), None) => Bytes::from(only.0.into_vec()),
+                (first, second) => {
+                    let mut buf = BytesMut::new();
+                    for part in first.into_iter().chain(second).chain(parts) {
+                        buf.extend_from_slice(&part.0);
+                    }
+                    buf.freeze()
+                }
+            }
+        }
+        Body::Value(v) => match v.0 {
+            Value::String(s) => Bytes::from(s),
+            Value::Binary(b) => Bytes::from(b.into_vec()),
+            other => Bytes::from(format!("{other:?}")),
+        },
+        Body::Sequence(_) | Body::Empty => Bytes::new(),
+    };
+    Envelope { body, properties }
+}
+
+fn simple_to_string(value: SimpleValue) -> String {
+    match value {
+        SimpleValue::String(s) => s,
+        SimpleValue::Symbol(s) => s.0,
+        SimpleValue::Long(v) => v.to_string(),
+        SimpleValue::Int(v) => v.to_string(),
+        SimpleValue::Short(v) => v.to_string(),
+        SimpleValue::Byte(v) => v.to_string(),
+        SimpleValue::Ulong(v) => v.to_string(),
+        SimpleValue::Uint(v) => v.to_string(),
+        SimpleValue::Ushort(v) => v.to_string(),
+        SimpleValue::Ubyte(v) => v.to_string(),
+        SimpleValue::Bool(v) => v.to_string(),
+        SimpleValue::Double(v) => v.to_string(),
+        SimpleValue::Float(v) => v.to_string(),
+        SimpleValue::Timestamp(t) => t.milliseconds().to_string(),
+        SimpleValue::Binary(b) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(b.as_slice())
+        }
+        SimpleValue::Null => String::new(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,134 @@
+//! The connection supervisor: N independent connections, each signing a fresh
+//! login, attaching one receiver link, re-attaching after a link detach and
+//! reconnecting with backoff after a connection loss.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::link::receiver::CreditMode;
+use fe2o3_amqp::{Receiver, Session};
+use tokio::task::JoinHandle;
+
+use super::aliyun::{sign_now, Credentials};
+use super::connect::{open, ConnectOptions};
+use super::link::{self, LinkContext, LinkEnd};
+use crate::backoff::Backoff;
+use crate::config::SourceConfig;
+
+/// Starts every configured connection; each runs until `ctx.close` fires.
+pub fn spawn(
+    config: &SourceConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ctx: Arc<LinkContext>,
+) -> Vec<JoinHandle<()>> {
+    let config = Arc::new(config.clone());
+    (0..config.connections)
+        .map(|index| {
+            let client_id = if config.connections > 1 {
+                format!("{}-{}", config.client_id, index)
+            } else {
+                config.client_id.clone()
+            };
+            tokio::spawn(run_connection(
+                client_id,
+                config.clone(),
+                tls.clone(),
+                ctx.clone(),
+            ))
+        })
+        .collect()
+}
+
+async fn run_connection(
+    client_id: String,
+    config: Arc<SourceConfig>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ctx: Arc<LinkContext>,
+) {
+    let mut backoff = Backoff::new(config.reconnect.initial.0, config.reconnect.max.0);
+    loop {
+        if ctx.intake_stop.is_cancelled() {
+            return;
+        }
+        let login = sign_now(&Credentials::from_config(&config, &client_id));
+        let options = ConnectOptions {
+            host: config.url.host().to_string(),
+            port: config.url.port(),
+            tls: tls.clone(),
+            container_id: client_id.clone(),
+            username: login.username,
+            password: login.password,
+            idle_timeout: Some(config.idle_timeout.0),
+            connect_timeout: Duration::from_secs(15),
+        };
+        let started = Instant::now();
+        match open(&options).await {
+            Ok(mut connection) => {
+                tracing::info!(%client_id, "source connected");
+                let end = serve(&mut connection, &client_id, &config, &ctx).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), connection.close()).await;
+                match end {
+                    LinkEnd::Closed => return,
+                    LinkEnd::Lost(reason) => {
+                        tracing::warn!(%client_id, %reason, "source connection lost")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%client_id, error = %e, "source connection failed"),
+        }
+        if started.elapsed() >= config.reconnect.reset_after.0 {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(%client_id, retry_in = ?delay, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.intake_stop.cancelled() => return,
+        }
+    }
+}
+
+/// Begins a session and keeps one receiver attached on it.
+async fn serve(
+    connection: &mut fe2o3_amqp::connection::ConnectionHandle<()>,
+    client_id: &str,
+    config: &SourceConfig,
+    ctx: &LinkContext,
+) -> LinkEnd {
+    let mut session = match Session::begin(connection).await {
+        Ok(s) => s,
+        Err(e) => return LinkEnd::Lost(format!("session not begun: {e}")),
+    };
+    let mut attempt = 0u32;
+    loop {
+        let attached = Receiver::builder()
+            .name(format!("{client_id}-receiver-{attempt}"))
+            .source(config.consumer_group_id.clone())
+            .credit_mode(CreditMode::Manual)
+            .auto_accept(false)
+            .attach(&mut session)
+            .await;
+        let mut receiver = match attached {
+            Ok(r) => r,
+            Err(e) => return LinkEnd::Lost(format!("receiver not attached: {e}")),
+        };
+        tracing::info!(%client_id, "receiver attached");
+        match link::run(&mut receiver, ctx).await {
+            LinkEnd::Closed => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), receiver.detach()).await;
+                let _ = session.end().await;
+                return LinkEnd::Closed;
+            }
+            LinkEnd::Lost(reason) => {
+                if session.is_ended() || ctx.intake_stop.is_cancelled() {
+                    return LinkEnd::Lost(reason);
+                }
+                tracing::warn!(%client_id, %reason, "receiver detached; attaching again");
+                attempt += 1;
+                if attempt > 3 {
+                    return LinkEnd::Lost(reason);
+                }
+            }
+        }
+    }
+}
