@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
 use amqp_bridge::emulator::{Emulator, EmulatorConfig};
 use amqp_bridge::source::aliyun::{sign_now, Credentials};
@@ -153,18 +154,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => sign(&config, show_password),
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            tracing::info!(
-                routes = config.routes.len(),
-                sinks = config.sinks.0.len(),
-                "configuration loaded"
-            );
-            bail!("forwarding is not built yet: the end-to-end path arrives with the source and MQTT sink (see README)")
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_bridge(config))
         }
         Command::Emulate(args) | Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(emulate(args))
         }
     }
+}
+
+async fn run_bridge(config: Config) -> anyhow::Result<ExitCode> {
+    tracing::info!(
+        routes = config.routes.len(),
+        sinks = config.sinks.0.len(),
+        connections = config.source.connections,
+        "starting amqp-bridge"
+    );
+    let bridge = Bridge::start(&config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new messages; waiting for in-flight confirmations");
+    bridge.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {

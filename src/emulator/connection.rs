@@ -142,6 +142,8 @@ async fn run(
     let mut session: Option<ListenerSessionHandle> = None;
     let mut pusher: Option<JoinHandle<()>> = None;
     let mut attached_once = false;
+    let mut kick = shared.kick.subscribe();
+    kick.borrow_and_update();
     loop {
         tokio::select! {
             incoming = connection.next_incoming_session(), if session.is_none() => {
@@ -177,6 +179,15 @@ async fn run(
                 break;
             }
             _ = stop.cancelled() => break,
+            _ = kick.changed() => {
+                let error = definitions::Error::new(
+                    definitions::ConnectionError::ConnectionForced,
+                    Some("emulator dropped the connection".to_string()),
+                    None,
+                );
+                let _ = connection.close_with_error(error).await;
+                break;
+            }
         }
     }
     if let Some(mut p) = pusher {

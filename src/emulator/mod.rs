@@ -79,6 +79,8 @@ pub enum EmulatorError {
 }
 
 pub(crate) struct Shared {
+    /// Bumped to make every open connection close with `amqp:connection:forced`.
+    kick: tokio::sync::watch::Sender<u64>,
     rules: Arc<AuthRules>,
     subscriptions: HashMap<String, Arc<Subscription>>,
     stats: Arc<Stats>,
@@ -88,6 +90,7 @@ pub(crate) struct Shared {
 
 /// A running emulator.
 pub struct Emulator {
+    shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: Option<String>,
     stats: Arc<Stats>,
@@ -157,6 +160,7 @@ impl Emulator {
                 source,
             })?;
         let shared = Arc::new(Shared {
+            kick: tokio::sync::watch::channel(0).0,
             rules: Arc::new(rules),
             subscriptions: subscriptions.clone(),
             stats: stats.clone(),
@@ -164,9 +168,10 @@ impl Emulator {
             receiver_deadline: config.receiver_deadline,
         });
         let stop = CancellationToken::new();
-        let accept_task = tokio::spawn(accept_loop(listener, shared, stop.clone()));
+        let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         tracing::info!(%addr, "IoT Platform emulator listening (TLS)");
         Ok(Emulator {
+            shared,
             addr,
             ca_pem: identity.ca_pem,
             stats,
@@ -197,6 +202,12 @@ impl Emulator {
             let mut done = sub.done();
             let _ = done.wait_for(|d| *d).await;
         }
+    }
+
+    /// Closes every open connection with `amqp:connection:forced`, as the
+    /// platform does on maintenance; clients are expected to reconnect.
+    pub fn disconnect_all(&self) {
+        self.shared.kick.send_modify(|generation| *generation += 1);
     }
 
     /// Closes every connection and stops listening.

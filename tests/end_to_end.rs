@@ -1,0 +1,262 @@
+//! Emulator → bridge → real Mosquitto, counted exactly on both sides.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amqp_bridge::bridge::Bridge;
+use amqp_bridge::config::Config;
+use amqp_bridge::emulator::Emulator;
+use common::mosquitto::Mosquitto;
+use common::subscriber::Subscriber;
+use common::*;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: Config,
+}
+
+/// A bridge config: emulator source, one Mosquitto sink, `out/{messageId}`.
+fn bridge_config(emulator: &Emulator, mqtt_port: u16, secret: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let text = format!(
+        r##"source:
+  kind: aliyun
+  url: amqps://localhost:{amqp_port}
+  access_key_id: {AK}
+  access_key_secret: {secret}
+  consumer_group_id: {GROUP}
+  client_id: bridge-e2e
+  tls: {{ ca_file: {ca} }}
+  reconnect: {{ initial: 50ms, max: 500ms }}
+sinks:
+  mosquitto:
+    kind: mqtt
+    url: mqtt://127.0.0.1:{mqtt_port}
+    client_id: bridge-e2e-out
+routes:
+  - name: all
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: mosquitto, topic: "out/{{messageId}}", qos: 1 }}
+shutdown_timeout: 5s
+retry: {{ initial: 50ms, max: 500ms }}
+{extra}"##,
+        amqp_port = emulator.local_addr().port(),
+        ca = ca.display(),
+    );
+    let config = Config::parse(&text, Path::new("e2e.yaml"), |_| None).expect("test config parses");
+    Setup { _dir: dir, config }
+}
+
+/// Every one of `n` message ids arrived at least once; returns the duplicates.
+fn assert_all_arrived(subscriber: &Subscriber, n: usize) -> u32 {
+    let counts = subscriber.counts();
+    assert_eq!(counts.len(), n, "distinct message ids at the broker");
+    assert!(
+        counts
+            .keys()
+            .all(|t| t.starts_with("out/") && t.len() == 4 + 19),
+        "unexpected topics"
+    );
+    counts.values().map(|c| c - 1).sum()
+}
+
+async fn eventually(what: &str, secs: u64, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_each_accepted_after_puback() {
+    const N: u64 = 10_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-1", "out/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let setup = bridge_config(&emulator, broker.port, SK, "");
+    let started = Instant::now();
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    within(180, "all accepted", emulator.all_accepted()).await;
+    let elapsed = started.elapsed();
+    subscriber.wait_for_total(N, 30).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(
+        assert_all_arrived(&subscriber, N as usize),
+        0,
+        "no duplicates in a clean run"
+    );
+    assert_eq!(
+        (
+            stats.pushed,
+            stats.accepted,
+            stats.redelivered,
+            stats.outstanding
+        ),
+        (N, N, 0, 0)
+    );
+    assert_eq!((stats.released, stats.rejected, stats.modified), (0, 0, 0));
+    eprintln!(
+        "throughput: {N} messages in {:.2}s = {:.0} msg/s",
+        elapsed.as_secs_f64(),
+        N as f64 / elapsed.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_mid_stream_loses_nothing() {
+    const N: u64 = 5_000;
+    let mut broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-2", "out/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = Duration::from_millis(500);
+    })
+    .await;
+    let setup = bridge_config(&emulator, broker.port, SK, "");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    subscriber.wait_for_total(1_000, 60).await;
+    broker.stop();
+    let retries_before = bridge.stats().retries.load(Ordering::Relaxed);
+    // The bridge notices: sends fail and are retried while the broker is away.
+    eventually("retries while the broker is down", 30, || {
+        bridge.stats().retries.load(Ordering::Relaxed) > retries_before + 10
+    })
+    .await;
+    broker.start_again();
+    within(180, "all accepted", emulator.all_accepted()).await;
+    let bridge_forwarded = bridge.stats().forwarded.load(Ordering::Relaxed);
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(stats.outstanding, 0);
+    assert_eq!(stats.accepted, N);
+    // Everything the broker confirmed before it stopped was saved and is delivered now.
+    let arrived = async {
+        let mut total = subscriber.total();
+        let _ = total
+            .wait_for(|_| subscriber.counts().len() == N as usize)
+            .await;
+    };
+    if tokio::time::timeout(Duration::from_secs(60), arrived)
+        .await
+        .is_err()
+    {
+        panic!(
+            "only {} of {N} ids arrived; emulator {stats:?}; bridge forwarded {}",
+            subscriber.counts().len(),
+            bridge_forwarded
+        );
+    }
+    let duplicates = assert_all_arrived(&subscriber, N as usize);
+    eprintln!("duplicates after broker stop: {duplicates}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_connection_dropped_mid_stream_reconnects_and_completes() {
+    const N: u64 = 5_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-3", "out/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = Duration::from_millis(300);
+    })
+    .await;
+    let setup = bridge_config(&emulator, broker.port, SK, "");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    subscriber.wait_for_total(1_000, 60).await;
+    emulator.disconnect_all();
+    within(180, "all accepted", emulator.all_accepted()).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert!(
+        stats.logins_ok >= 2,
+        "the bridge logged in again (fresh signature): {stats:?}"
+    );
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() == N as usize
+    })
+    .await;
+    let duplicates = assert_all_arrived(&subscriber, N as usize);
+    eprintln!(
+        "duplicates after source drop: {duplicates}; redelivered {}",
+        stats.redelivered
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_never_connects_and_backs_off() {
+    let broker = Mosquitto::start();
+    let emulator = emulator(|c| c.count = 10).await;
+    let setup = bridge_config(&emulator, broker.port, "not-the-secret", "");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    eventually("first refusal", 30, || {
+        emulator.stats().snapshot().logins_refused >= 1
+    })
+    .await;
+    let first = Instant::now();
+    eventually("fourth refusal", 30, || {
+        emulator.stats().snapshot().logins_refused >= 4
+    })
+    .await;
+    // Backoff 50ms doubling to 500ms, each delay at least half its step:
+    // 3 further attempts wait at least 25 + 50 + 100 = 175 ms in total
+    // (less 20 ms for when the first refusal was noticed). Without backoff
+    // they would take a few TLS handshakes, well under that.
+    assert!(
+        first.elapsed() >= Duration::from_millis(155),
+        "attempts came too fast: {:?}",
+        first.elapsed()
+    );
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.logins_ok, stats.pushed), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_broker_bounds_in_flight_by_max_in_flight() {
+    const N: u64 = 3_000;
+    const MAX: u64 = 50;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-5", "out/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let setup = bridge_config(
+        &emulator,
+        broker.port,
+        SK,
+        &format!("max_in_flight: {MAX}\n"),
+    );
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    subscriber.wait_for_total(500, 60).await;
+    broker.signal("STOP");
+    // With the broker frozen, intake fills the in-flight slots and stops.
+    eventually("in-flight slots full", 30, || {
+        bridge.stats().in_flight.load(Ordering::Relaxed) == MAX
+    })
+    .await;
+    let pushed = emulator.stats().snapshot().pushed;
+    let accepted = emulator.stats().snapshot().accepted;
+    assert!(
+        pushed - accepted <= MAX,
+        "{} unsettled at the source > {MAX}",
+        pushed - accepted
+    );
+    broker.signal("CONT");
+    within(180, "all accepted", emulator.all_accepted()).await;
+    let peak = bridge.stats().in_flight_peak.load(Ordering::Relaxed);
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert!(peak <= MAX, "in-flight peak {peak} > {MAX}");
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() == N as usize
+    })
+    .await;
+}
