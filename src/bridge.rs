@@ -25,6 +25,10 @@ pub enum BridgeError {
     Route(#[from] RouteError),
     #[error("source TLS: {0}")]
     SourceTls(#[from] crate::tls::TlsError),
+    /// A configured feature that this build parses but cannot honour yet;
+    /// refusing is better than silently ignoring it.
+    #[error("`{0}` is not supported by this build yet; remove it from the configuration")]
+    Unsupported(&'static str),
 }
 
 /// A running bridge.
@@ -39,6 +43,12 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the sinks, and attaches the source once every sink is ready.
     pub async fn start(config: &Config) -> Result<Bridge, BridgeError> {
+        if config.dead_letter.is_some() {
+            return Err(BridgeError::Unsupported("dead_letter"));
+        }
+        if config.dedup.is_some() {
+            return Err(BridgeError::Unsupported("dedup"));
+        }
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         let mut index = HashMap::new();
         for (name, sink_config) in &config.sinks.0 {

@@ -52,8 +52,24 @@ enum Command {
     },
     /// Run the IoT Platform emulator (an AMQP 1.0 server over TLS).
     Emulate(EmulateArgs),
-    /// Run the embedded demo (for now: the emulator with its defaults).
-    Demo(EmulateArgs),
+    /// Run the embedded demo: emulator → bridge → in-process MQTT broker.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the embedded MQTT broker listens (watch with `mosquitto_sub -t '#' -v`).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: std::net::SocketAddr,
+    /// Where the embedded IoT Platform emulator listens.
+    #[arg(long, default_value = "127.0.0.1:5671")]
+    amqp_listen: std::net::SocketAddr,
+    /// Messages per second the emulator pushes; 0 = as fast as the bridge takes them.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Print the built-in bridge configuration and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(clap::Args)]
@@ -157,9 +173,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_bridge(config))
         }
-        Command::Emulate(args) | Command::Demo(args) => {
+        Command::Emulate(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(emulate(args))
+        }
+        Command::Demo(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(demo(args))
         }
     }
 }
@@ -266,6 +286,70 @@ async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
         snapshot.modified,
         snapshot.redelivered,
         snapshot.outstanding
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let ca_file =
+        std::env::temp_dir().join(format!("amqp-bridge-demo-ca-{}.pem", std::process::id()));
+    if args.print_config {
+        print!(
+            "{}",
+            amqp_bridge::demo::config_text(args.amqp_listen, args.mqtt_listen, &ca_file)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let emulator = Emulator::start(EmulatorConfig {
+        listen: args.amqp_listen,
+        access_keys: vec![("demo-ak".into(), "demo-secret".into())],
+        rate: args.rate,
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    std::fs::write(&ca_file, emulator.ca_pem().unwrap_or_default())
+        .with_context(|| format!("writing {}", ca_file.display()))?;
+    amqp_bridge::demo::start_mqtt_broker(args.mqtt_listen)?;
+    let config = amqp_bridge::demo::config(emulator.local_addr(), args.mqtt_listen, &ca_file)?;
+    let bridge = Bridge::start(&config).await?;
+    eprintln!(
+        "demo: IoT Platform emulator on amqps://{} → amqp-bridge → MQTT broker on mqtt://{}\n\
+         demo: watch with `mosquitto_sub -h {} -p {} -t 'devices/#' -v`; Ctrl-C stops\n\
+         demo: the bridge configuration: amqp-bridge demo --print-config",
+        emulator.local_addr(),
+        args.mqtt_listen,
+        args.mqtt_listen.ip(),
+        args.mqtt_listen.port()
+    );
+    let stats = bridge.stats().clone();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_accepted = 0;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let accepted = get(&stats.accepted);
+                println!(
+                    "pushed={} forwarded={} accepted={} in_flight={} msg/s={}",
+                    emulator.stats().snapshot().pushed,
+                    get(&stats.forwarded),
+                    accepted,
+                    get(&stats.in_flight),
+                    accepted - last_accepted
+                );
+                last_accepted = accepted;
+            }
+            _ = shutdown_signal() => break,
+        }
+    }
+    eprintln!("demo: stopping");
+    bridge.shutdown().await;
+    let snapshot = emulator.shutdown().await;
+    let _ = std::fs::remove_file(&ca_file);
+    eprintln!(
+        "demo: emulator pushed={} accepted={} outstanding={}",
+        snapshot.pushed, snapshot.accepted, snapshot.outstanding
     );
     Ok(ExitCode::SUCCESS)
 }

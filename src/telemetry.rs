@@ -14,7 +14,7 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
-        _ => EnvFilter::new(level.unwrap_or("info")),
+        _ => EnvFilter::new(level.unwrap_or("info,rumqttd=warn,fe2o3_amqp=warn")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
