@@ -43,9 +43,6 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the sinks, and attaches the source once every sink is ready.
     pub async fn start(config: &Config) -> Result<Bridge, BridgeError> {
-        if config.dead_letter.is_some() {
-            return Err(BridgeError::Unsupported("dead_letter"));
-        }
         if config.dedup.is_some() {
             return Err(BridgeError::Unsupported("dedup"));
         }
@@ -65,9 +62,14 @@ impl Bridge {
             None
         };
         let stats = Arc::new(BridgeStats::default());
+        let dead_letter = config
+            .dead_letter
+            .as_ref()
+            .and_then(|name| index.get(&name.0).copied());
         let pipeline = Arc::new(Pipeline::new(
             router,
             sinks.clone(),
+            dead_letter,
             config.retry.clone(),
             stats.clone(),
         ));

@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::{Route, Router, Target, Unrouted};
-use crate::sink::{Outgoing, Sink, SinkError};
+use crate::sink::{Failure, Outgoing, Sink, SinkError};
 
 /// Counters of the bridge, read by the status line, metrics and tests.
 #[derive(Debug, Default)]
@@ -29,6 +29,8 @@ pub struct BridgeStats {
     pub retries: AtomicU64,
     /// Targets that failed for good.
     pub failed: AtomicU64,
+    /// Failed targets whose message was written to the dead-letter sink.
+    pub dead_lettered: AtomicU64,
     /// Deliveries being processed now.
     pub in_flight: AtomicU64,
     /// The highest `in_flight` seen.
@@ -50,6 +52,8 @@ impl BridgeStats {
 pub struct Pipeline {
     router: Router,
     sinks: Vec<Arc<dyn Sink>>,
+    /// Where permanently failed copies go (index into `sinks`).
+    dead_letter: Option<usize>,
     retry: RetryConfig,
     stats: Arc<BridgeStats>,
     tasks: TaskTracker,
@@ -61,12 +65,14 @@ impl Pipeline {
     pub fn new(
         router: Router,
         sinks: Vec<Arc<dyn Sink>>,
+        dead_letter: Option<usize>,
         retry: RetryConfig,
         stats: Arc<BridgeStats>,
     ) -> Self {
         Pipeline {
             router,
             sinks,
+            dead_letter,
             retry,
             stats,
             tasks: TaskTracker::new(),
@@ -106,9 +112,13 @@ impl Pipeline {
                         qos: 1,
                         retain: false,
                     };
-                    match self.deliver("unrouted", &target, &envelope).await {
-                        Ok(()) => Disposition::Accept,
-                        Err(_) => Disposition::Release,
+                    if self
+                        .deliver_or_dead_letter("unrouted", &target, &envelope)
+                        .await
+                    {
+                        Disposition::Accept
+                    } else {
+                        Disposition::Release
                     }
                 }
             };
@@ -116,12 +126,48 @@ impl Pipeline {
         let sends = routes
             .iter()
             .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route.name.as_str(), t)))
-            .map(|(route, target)| self.deliver(route, target, &envelope));
+            .map(|(route, target)| self.deliver_or_dead_letter(route, target, &envelope));
         let results = join_all(sends).await;
-        if results.iter().all(Result::is_ok) {
+        if results.iter().all(|delivered| *delivered) {
             Disposition::Accept
         } else {
             Disposition::Release
+        }
+    }
+
+    /// True when the copy was confirmed, or failed for good and was confirmed
+    /// by the dead-letter sink; false means the message must be released.
+    async fn deliver_or_dead_letter(
+        &self,
+        route: &str,
+        target: &Target,
+        envelope: &Arc<Envelope>,
+    ) -> bool {
+        let error = match self.deliver(route, target, envelope).await {
+            Ok(()) => return true,
+            Err(SinkError::Transient(_)) => return false,
+            Err(SinkError::Permanent(error)) => error,
+        };
+        let Some(dead_letter) = self.dead_letter else {
+            return false;
+        };
+        let message = Outgoing {
+            envelope: envelope.clone(),
+            topic: Some(format!("amqp-bridge/dead-letter/{route}")),
+            qos: 1,
+            retain: false,
+            failure: Some(Arc::new(Failure {
+                route: route.to_string(),
+                sink: self.sinks[target.sink].name().to_string(),
+                error,
+            })),
+        };
+        match self.send_with_retry(route, dead_letter, message).await {
+            Ok(()) => {
+                BridgeStats::bump(&self.stats.dead_lettered);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -150,7 +196,21 @@ impl Pipeline {
             topic,
             qos: target.qos,
             retain: target.retain,
+            failure: None,
         };
+        self.send_with_retry(route, target.sink, message).await
+    }
+
+    /// Sends one copy, retrying transient failures until it succeeds, fails
+    /// for good, runs past `retry.max_elapsed`, or shutdown gives up.
+    async fn send_with_retry(
+        &self,
+        route: &str,
+        sink: usize,
+        message: Outgoing,
+    ) -> Result<(), SinkError> {
+        let sink = &self.sinks[sink];
+        let envelope = &message.envelope;
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let started = Instant::now();
         loop {

@@ -69,6 +69,10 @@ fn default_keep_alive() -> HumanDuration {
 pub struct FileSinkConfig {
     pub kind: String,
     pub path: PathBuf,
+    /// Start a new file once the current one reaches this many bytes; the full
+    /// one is renamed to `PATH.<unix-millis>`. Unset = never rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_bytes: Option<u64>,
 }
 
 /// JSON lines on standard output, for trying routes out.

@@ -1,7 +1,10 @@
 //! Egress: one [`Sink`] per configured sink, each resolving a send only when
 //! its broker confirmed it.
 
+pub mod file;
 pub mod mqtt;
+pub mod record;
+pub mod stdout;
 
 use std::sync::Arc;
 
@@ -17,6 +20,16 @@ pub struct Outgoing {
     pub topic: Option<String>,
     pub qos: u8,
     pub retain: bool,
+    /// Set when this copy is a dead letter: why the original target failed.
+    pub failure: Option<Arc<Failure>>,
+}
+
+/// Why a message became a dead letter, written alongside it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Failure {
+    pub route: String,
+    pub sink: String,
+    pub error: String,
 }
 
 /// Why a send failed, and so what the pipeline does next.
@@ -49,18 +62,26 @@ pub fn build(
 ) -> Result<Arc<dyn Sink>, SinkBuildError> {
     match config {
         crate::config::SinkConfig::Mqtt(c) => Ok(Arc::new(mqtt::MqttSink::start(name, c)?)),
-        other => Err(SinkBuildError::Unsupported {
-            name: name.to_string(),
-            kind: other.kind(),
-        }),
+        crate::config::SinkConfig::File(c) => Ok(Arc::new(
+            file::FileSink::start(name, c).map_err(|source| SinkBuildError::File {
+                name: name.to_string(),
+                path: c.path.display().to_string(),
+                source,
+            })?,
+        )),
+        crate::config::SinkConfig::Stdout(_) => Ok(Arc::new(stdout::StdoutSink::new(name))),
     }
 }
 
 /// Why a sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
-    #[error("sink `{name}`: kind `{kind}` is not available in this build yet")]
-    Unsupported { name: String, kind: &'static str },
+    #[error("sink `{name}`: cannot open {path}: {source}")]
+    File {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("sink `{name}`: {source}")]
     Tls {
         name: String,

@@ -1,0 +1,122 @@
+//! Fan-out to several sinks and dead letters, end to end with the emulator,
+//! a real Mosquitto and real files.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use amqp_bridge::bridge::Bridge;
+use amqp_bridge::config::Config;
+use common::mosquitto::Mosquitto;
+use common::subscriber::Subscriber;
+use common::*;
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_mqtt_and_file_and_dead_letter_template_failures() {
+    const N: u64 = 600;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "routing-sub", "copy/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let copies = dir.path().join("copies.jsonl");
+    let dead = dir.path().join("dead.jsonl");
+    let text = format!(
+        r##"source:
+  kind: aliyun
+  url: amqps://localhost:{port}
+  access_key_id: {AK}
+  access_key_secret: {SK}
+  consumer_group_id: {GROUP}
+  client_id: bridge-routing
+  tls: {{ ca_file: {ca} }}
+sinks:
+  mqtt: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: routing-out }}
+  copies: {{ kind: file, path: {copies} }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - name: everything
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: mqtt, topic: "copy/{{messageId}}" }}
+      - {{ sink: copies }}
+  - name: by-region
+    match: {{ topic: "/+/+/thing/event/property/post" }}
+    to:
+      - {{ sink: mqtt, topic: "region/{{prop.region}}/{{deviceName}}" }}
+dead_letter: dead
+"##,
+        port = emulator.local_addr().port(),
+        ca = ca.display(),
+        mqtt = broker.port,
+        copies = copies.display(),
+        dead = dead.display(),
+    );
+    let config = Config::parse(&text, Path::new("routing.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(N, 30).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(
+        (stats.accepted, stats.outstanding, stats.released),
+        (N, 0, 0)
+    );
+
+    // Every message once on MQTT and once in the copies file.
+    let counts = subscriber.counts();
+    assert_eq!(counts.len(), N as usize);
+    assert!(counts.values().all(|c| *c == 1));
+    let copy_lines = read_lines(&copies);
+    assert_eq!(copy_lines.len(), N as usize);
+    let ids: HashMap<_, _> = copy_lines
+        .iter()
+        .map(|l| (l["messageId"].as_str().unwrap().to_string(), l))
+        .collect();
+    assert_eq!(ids.len(), N as usize);
+    for topic in counts.keys() {
+        assert!(
+            ids.contains_key(topic.trim_start_matches("copy/")),
+            "{topic} not in file"
+        );
+    }
+    let first = &copy_lines[0];
+    assert!(
+        first["body"].as_str().unwrap().starts_with('{'),
+        "body kept as text: {first}"
+    );
+    assert!(first["properties"]["generateTime"].is_string());
+
+    // The property posts could not fill {prop.region}: dead-lettered with the reason.
+    let property_posts = copy_lines
+        .iter()
+        .filter(|l| {
+            l["topic"]
+                .as_str()
+                .unwrap()
+                .ends_with("/thing/event/property/post")
+        })
+        .count();
+    assert!(property_posts > 0);
+    let dead_lines = read_lines(&dead);
+    assert_eq!(dead_lines.len(), property_posts);
+    for line in &dead_lines {
+        assert_eq!(line["failure"]["route"], "by-region");
+        assert_eq!(line["failure"]["sink"], "mqtt");
+        let error = line["failure"]["error"].as_str().unwrap();
+        assert!(
+            error.contains("region/{prop.region}/{deviceName}") && error.contains("`region`"),
+            "{error}"
+        );
+    }
+}
