@@ -31,6 +31,8 @@ pub struct BridgeStats {
     pub failed: AtomicU64,
     /// Failed targets whose message was written to the dead-letter sink.
     pub dead_lettered: AtomicU64,
+    /// Deliveries that were not readable AMQP messages (rejected at the source).
+    pub undecodable: AtomicU64,
     /// Deliveries being processed now.
     pub in_flight: AtomicU64,
     /// The highest `in_flight` seen.
@@ -80,6 +82,11 @@ impl Pipeline {
         }
     }
 
+    /// Counts a delivery the source could not decode.
+    pub fn count_undecodable(&self) {
+        BridgeStats::bump(&self.stats.undecodable);
+    }
+
     /// Takes one delivery; it is settled once its fate is known.
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
         BridgeStats::bump(&self.stats.received);
@@ -106,9 +113,11 @@ impl Pipeline {
                 Unrouted::Accept => Disposition::Accept,
                 Unrouted::Release => Disposition::Release,
                 Unrouted::Sink(sink) => {
+                    // An unrouted copy keeps its platform topic (valid on MQTT too).
+                    let topic = envelope.topic().map(crate::route::Template::literal);
                     let target = Target {
                         sink,
-                        topic: None,
+                        topic,
                         qos: 1,
                         retain: false,
                     };

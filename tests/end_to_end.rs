@@ -260,3 +260,24 @@ async fn stalled_broker_bounds_in_flight_by_max_in_flight() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_stream_settles_in_flight_and_accepts_nothing_unconfirmed() {
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-6", "out/#").await;
+    let emulator = emulator(|c| c.count = 0).await;
+    let setup = bridge_config(&emulator, broker.port, SK, "");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    subscriber.wait_for_total(2_000, 60).await;
+    within(30, "shutdown", bridge.shutdown()).await;
+    let stats = emulator.shutdown().await;
+    // The link stayed up while in-flight messages were confirmed and settled:
+    // at most one credit window was still on the wire when it closed.
+    assert!(stats.unsettled_at_disconnect <= 64, "{stats:?}");
+    assert!(stats.accepted >= 2_000, "{stats:?}");
+    // Nothing was accepted that the broker did not confirm.
+    eventually("accepted ids at the subscriber", 30, || {
+        subscriber.counts().len() as u64 >= stats.accepted
+    })
+    .await;
+}

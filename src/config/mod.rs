@@ -21,7 +21,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use error::ConfigError;
 pub use interpolate::interpolate;
-pub use route::{validate_topic_filter, MatchConfig, RouteConfig, TargetConfig, UnroutedPolicy};
+pub use route::{
+    validate_topic_filter, MatchConfig, Predicate, RouteConfig, TargetConfig, UnroutedPolicy,
+};
 pub use sink::{
     FileSinkConfig, MqttSinkConfig, MqttUrl, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };

@@ -1,5 +1,7 @@
 //! The `routes:` list and the `unrouted:` policy.
 
+use std::collections::BTreeMap;
+
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -28,6 +30,123 @@ pub struct MatchConfig {
     /// MQTT-style filter on the `topic` application property.
     #[serde(deserialize_with = "topic_filter")]
     pub topic: String,
+    /// Application property name → condition; all must hold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, Predicate>,
+    /// Dotted path into a JSON body → condition; all must hold (a body that is
+    /// not JSON matches none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json: BTreeMap<String, Predicate>,
+}
+
+/// A condition on a value: `"x"` (equals), `["x", "y"]` (one of),
+/// `{ regex: "^x" }` (a regular expression, compiled when the file is read).
+#[derive(Clone, Debug)]
+pub enum Predicate {
+    Equals(String),
+    OneOf(Vec<String>),
+    Regex(regex::Regex),
+}
+
+impl Predicate {
+    /// True when `value` satisfies the condition.
+    pub fn holds(&self, value: &str) -> bool {
+        match self {
+            Predicate::Equals(want) => value == want,
+            Predicate::OneOf(options) => options.iter().any(|o| o == value),
+            Predicate::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+impl Serialize for Predicate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Predicate::Equals(v) => s.serialize_str(v),
+            Predicate::OneOf(v) => v.serialize(s),
+            Predicate::Regex(re) => {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("regex", re.as_str())?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Predicate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PredicateVisitor)
+    }
+}
+
+struct PredicateVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PredicateVisitor {
+    type Value = Predicate;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a value, a list of values, or { regex: PATTERN }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Predicate, E> {
+        Ok(Predicate::Equals(v.to_string()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Predicate, E> {
+        Ok(Predicate::Equals(v.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Predicate, E> {
+        Ok(Predicate::Equals(v.to_string()))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Predicate, E> {
+        Ok(Predicate::Equals(v.to_string()))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Predicate, A::Error> {
+        let mut options = Vec::new();
+        while let Some(v) = seq.next_element::<yaml_serde::Value>()? {
+            options.push(match v {
+                yaml_serde::Value::String(s) => s,
+                yaml_serde::Value::Number(n) => n.to_string(),
+                yaml_serde::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(A::Error::custom(format!(
+                        "list values must be scalars, not {other:?}"
+                    )))
+                }
+            });
+        }
+        Ok(Predicate::OneOf(options))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Predicate, A::Error> {
+        let key: String = map
+            .next_key()?
+            .ok_or_else(|| A::Error::custom("expected { regex: PATTERN }"))?;
+        if key != "regex" {
+            return Err(A::Error::unknown_field(&key, &["regex"]));
+        }
+        let re = map.next_value_seed(RegexSeed)?;
+        if let Some(extra) = map.next_key::<String>()? {
+            return Err(A::Error::unknown_field(&extra, &["regex"]));
+        }
+        Ok(Predicate::Regex(re))
+    }
+}
+
+/// Compiles the pattern inside the parser so a bad one is reported at its line.
+struct RegexSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for RegexSeed {
+    type Value = regex::Regex;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<regex::Regex, D::Error> {
+        parse_str_with(d, "a regular expression", |p| {
+            regex::Regex::new(p).map_err(|e| format!("invalid regex: {e}"))
+        })
+    }
 }
 
 /// One copy of the message: a sink and where on it.

@@ -162,6 +162,11 @@ async fn run(
                     session = None;
                     continue;
                 };
+                // A client that re-attaches right after detaching: give the old
+                // pusher a moment to notice the detach before calling it busy.
+                if let Some(p) = pusher.as_mut().filter(|p| !p.is_finished()) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), p).await;
+                }
                 let busy = pusher.as_ref().is_some_and(|p| !p.is_finished());
                 if let Some(sender) = accept_link(attach, s, busy, &shared.stats).await {
                     attached_once = true;

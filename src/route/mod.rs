@@ -9,7 +9,7 @@ use std::collections::HashMap;
 pub use filter::TopicFilter;
 pub use template::{Template, TemplateError};
 
-use crate::config::{RouteConfig, UnroutedPolicy};
+use crate::config::{Predicate, RouteConfig, UnroutedPolicy};
 use crate::envelope::Envelope;
 
 /// A compiled target: which sink and how to fill its destination.
@@ -27,8 +27,38 @@ pub struct Target {
 pub struct Route {
     pub name: String,
     filter: TopicFilter,
+    properties: Vec<(String, Predicate)>,
+    json: Vec<(Vec<String>, Predicate)>,
     pub targets: Vec<Target>,
     is_final: bool,
+}
+
+impl Route {
+    fn conditions_hold(
+        &self,
+        envelope: &Envelope,
+        body: &mut Option<Option<serde_json::Value>>,
+    ) -> bool {
+        let properties_hold = self
+            .properties
+            .iter()
+            .all(|(name, p)| envelope.property(name).is_some_and(|v| p.holds(v)));
+        if !properties_hold || self.json.is_empty() {
+            return properties_hold;
+        }
+        let Some(json) = body
+            .get_or_insert_with(|| serde_json::from_slice(&envelope.body).ok())
+            .as_ref()
+        else {
+            return false;
+        };
+        self.json.iter().all(|(path, p)| {
+            template::json_field(json, path).is_some_and(|v| match v {
+                serde_json::Value::String(s) => p.holds(s),
+                other => p.holds(&other.to_string()),
+            })
+        })
+    }
 }
 
 /// What to do with a message no route matched, with sink names resolved.
@@ -88,6 +118,13 @@ impl Router {
             compiled.push(Route {
                 name,
                 filter: TopicFilter::new(&route.matcher.topic),
+                properties: route.matcher.properties.clone().into_iter().collect(),
+                json: route
+                    .matcher
+                    .json
+                    .iter()
+                    .map(|(path, p)| (path.split('.').map(str::to_string).collect(), p.clone()))
+                    .collect(),
                 targets,
                 is_final: route.is_final,
             });
@@ -114,8 +151,10 @@ impl Router {
             return Vec::new();
         };
         let mut matched = Vec::new();
+        // The body is parsed at most once, and only if a route asks for a JSON field.
+        let mut body: Option<Option<serde_json::Value>> = None;
         for route in &self.routes {
-            if route.filter.matches(topic) {
+            if route.filter.matches(topic) && route.conditions_hold(envelope, &mut body) {
                 matched.push(route);
                 if route.is_final {
                     break;

@@ -69,6 +69,14 @@ impl Template {
         })
     }
 
+    /// A fixed destination (no placeholders), e.g. an unrouted message's own topic.
+    pub fn literal(text: &str) -> Template {
+        Template {
+            source: text.to_string(),
+            parts: vec![Part::Literal(text.to_string())],
+        }
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -137,14 +145,7 @@ impl Template {
                         .get_or_insert_with(|| serde_json::from_slice(&envelope.body).ok())
                         .as_ref()
                         .ok_or_else(|| missing("JSON body"))?;
-                    let value = path
-                        .iter()
-                        .try_fold(body, |v, key| match v {
-                            serde_json::Value::Array(items) => {
-                                key.parse::<usize>().ok().and_then(|i| items.get(i))
-                            }
-                            other => other.get(key),
-                        })
+                    let value = json_field(body, path)
                         .ok_or_else(|| missing(&format!("JSON field `{}`", path.join("."))))?;
                     match value {
                         serde_json::Value::String(s) => out.push_str(s),
@@ -157,6 +158,17 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// The value at a dotted path (`a.b.0.c`; numbers index arrays).
+pub fn json_field<'a>(
+    body: &'a serde_json::Value,
+    path: &[String],
+) -> Option<&'a serde_json::Value> {
+    path.iter().try_fold(body, |v, key| match v {
+        serde_json::Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        other => other.get(key),
+    })
 }
 
 fn placeholder(name: &str) -> Option<Part> {

@@ -25,6 +25,8 @@ use crate::config::MqttSinkConfig;
 
 /// Publishes waiting for their broker confirmation at once.
 const DEFAULT_WINDOW: usize = 100;
+/// A publish the broker has not confirmed by then is failed back for a retry.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MQTT protocol's packet size limit.
 const MAX_PACKET: usize = 268_435_455;
 
@@ -170,9 +172,15 @@ impl Sink for MqttSink {
                     _slot: slot,
                 });
             }
-            confirmed
-                .await
-                .unwrap_or_else(|_| Err(SinkError::Transient("sink stopped".into())))
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed).await {
+                Ok(result) => {
+                    result.unwrap_or_else(|_| Err(SinkError::Transient("sink stopped".into())))
+                }
+                Err(_) => Err(SinkError::Transient(format!(
+                    "no broker confirmation within {}s",
+                    CONFIRM_TIMEOUT.as_secs()
+                ))),
+            }
         })
     }
 
@@ -193,6 +201,7 @@ impl Sink for MqttSink {
             })
             .await;
             self.task.abort();
+            self.tracker.lock().await.fail_all("sink closed");
         })
     }
 }
@@ -248,6 +257,11 @@ async fn drive(
                     // not be resent, and every waiter is failed back for a retry.
                     eventloop.clean();
                     eventloop.pending.clear();
+                    // An Outgoing::Publish event is queued before its write; if
+                    // the write failed it is still buffered and would be paired
+                    // with the next waiter after reconnecting.
+                    eventloop.state.events.clear();
+                    eventloop.state.collision = None;
                     t.fail_all(&format!("disconnected from broker: {e}"))
                 };
                 let delay = backoff.next_delay();

@@ -42,7 +42,7 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<(DeliveryInfo, Disposition)>();
     // Permits backing the credit granted and not yet used by a delivery.
     let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut stopping = false;
+    let mut stopping = ctx.intake_stop.is_cancelled();
     loop {
         let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
         if !stopping && granted <= ctx.credit / 2 {
@@ -73,9 +73,15 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
             }
             _ = ctx.close.cancelled() => return LinkEnd::Closed,
             _ = ctx.intake_stop.cancelled(), if !stopping => {
+                // Grant nothing more. Credit already granted is left alone (setting
+                // it to 0 would make transfers on the wire a protocol error and
+                // kill the link before in-flight messages are settled); whatever
+                // still arrives is released below.
                 stopping = true;
-                let _ = receiver.set_credit(0).await;
                 held = None;
+                // Ask the source to use up or give back its credit now, so
+                // nothing is still on the wire when the link closes.
+                let _ = receiver.drain().await;
             }
             slot = ctx.slots.clone().acquire_owned(), if need_slot => {
                 let Ok(slot) = slot else { return LinkEnd::Closed };
@@ -88,6 +94,15 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
             delivery = receiver.recv::<Body<Value>>() => {
                 let delivery = match delivery {
                     Ok(d) => d,
+                    Err(fe2o3_amqp::link::RecvError::MessageDecode(e)) => {
+                        // Not an AMQP message we can read: counted and rejected,
+                        // never accepted, and the link stays up.
+                        tracing::warn!(error = %e.source, "undecodable message rejected");
+                        ctx.pipeline.count_undecodable();
+                        let _ = held.as_mut().and_then(|p| p.split(1));
+                        let _ = receiver.reject(e.info, None).await;
+                        continue;
+                    }
                     Err(e) => return LinkEnd::Lost(format!("link failed: {e}")),
                 };
                 let slot = held.as_mut().and_then(|p| {

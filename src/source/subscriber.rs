@@ -113,6 +113,7 @@ async fn serve(
             Err(e) => return LinkEnd::Lost(format!("receiver not attached: {e}")),
         };
         tracing::info!(%client_id, "receiver attached");
+        let attached_at = Instant::now();
         match link::run(&mut receiver, ctx).await {
             LinkEnd::Closed => {
                 let _ = tokio::time::timeout(Duration::from_secs(5), receiver.detach()).await;
@@ -125,6 +126,9 @@ async fn serve(
                 }
                 tracing::warn!(%client_id, %reason, "receiver detached; attaching again");
                 attempt += 1;
+                if attached_at.elapsed() >= config.reconnect.reset_after.0 {
+                    attempt = 1;
+                }
                 if attempt > 3 {
                     return LinkEnd::Lost(reason);
                 }
