@@ -268,3 +268,16 @@ fn example_config_is_valid() {
     .unwrap();
     assert!(!config.routes.is_empty());
 }
+
+#[test]
+fn bad_regex_is_reported_at_its_line() {
+    let (line, message) = error_with(
+        "    match: { topic: \"/+/+/thing/event/property/post\" }\n",
+        "    match:\n      topic: \"#\"\n      properties: { tenant: { regex: \"(unclosed\" } }\n",
+    );
+    assert_eq!(line, 20);
+    assert!(
+        message.contains("routes[0].match.properties") && message.contains("invalid regex"),
+        "{message}"
+    );
+}

@@ -164,3 +164,84 @@ impl Router {
         matched
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn router(routes: &str) -> Router {
+        let text = format!(
+            "source: {{ kind: aliyun, url: 'amqps://h:5671', access_key_id: a, access_key_secret: b, \
+             consumer_group_id: c, client_id: d }}\nsinks:\n  s: {{ kind: stdout }}\nroutes:\n{routes}"
+        );
+        let config = Config::parse(&text, Path::new("t.yaml"), |_| None).unwrap();
+        let index = HashMap::from([("s".to_string(), 0)]);
+        Router::new(&config.routes, &config.unrouted, &index).unwrap()
+    }
+
+    fn envelope(topic: &str, props: &[(&str, &str)], body: &str) -> Envelope {
+        let mut properties = vec![("topic".to_string(), topic.to_string())];
+        properties.extend(props.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Envelope {
+            body: bytes::Bytes::from(body.to_string()),
+            properties,
+        }
+    }
+
+    fn names(router: &Router, e: &Envelope) -> Vec<String> {
+        router.matching(e).iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn every_matching_route_fires_until_a_final_one() {
+        let r = router(
+            "  - { name: props, final: true, match: { topic: '/+/+/thing/event/property/post' }, to: [ { sink: s } ] }\n\
+             \x20 - { name: events, match: { topic: '/+/+/thing/event/+/post' }, to: [ { sink: s } ] }\n\
+             \x20 - { name: all, match: { topic: '#' }, to: [ { sink: s } ] }\n",
+        );
+        assert_eq!(
+            names(&r, &envelope("/p/d/thing/event/property/post", &[], "")),
+            ["props"]
+        );
+        assert_eq!(
+            names(&r, &envelope("/p/d/thing/event/alarm/post", &[], "")),
+            ["events", "all"]
+        );
+        assert_eq!(
+            names(&r, &envelope("/as/mqtt/status/p/d", &[], "")),
+            ["all"]
+        );
+    }
+
+    #[test]
+    fn property_and_json_predicates() {
+        let r = router(
+            "  - name: tenant\n    match: { topic: '#', properties: { tenant: t1 } }\n    to: [ { sink: s } ]\n\
+             \x20 - name: regions\n    match: { topic: '#', properties: { region: [eu, us] } }\n    to: [ { sink: s } ]\n\
+             \x20 - name: gateways\n    match: { topic: '#', properties: { deviceType: { regex: '^Gate' } } }\n    to: [ { sink: s } ]\n\
+             \x20 - name: hot\n    match: { topic: '#', json: { items.T.value: [30, 31], status: online } }\n    to: [ { sink: s } ]\n",
+        );
+        let e = |props: &[(&str, &str)], body: &str| envelope("/p/d/x", props, body);
+        assert_eq!(names(&r, &e(&[("tenant", "t1")], "")), ["tenant"]);
+        assert!(names(&r, &e(&[("tenant", "t2")], "")).is_empty());
+        assert_eq!(names(&r, &e(&[("region", "us")], "")), ["regions"]);
+        assert!(names(&r, &e(&[("region", "cn")], "")).is_empty());
+        assert_eq!(
+            names(&r, &e(&[("deviceType", "Gateway")], "")),
+            ["gateways"]
+        );
+        assert!(names(&r, &e(&[("deviceType", "Sensor")], "")).is_empty());
+        let hot = r#"{"items":{"T":{"value":31}},"status":"online"}"#;
+        assert_eq!(names(&r, &e(&[], hot)), ["hot"]);
+        assert!(names(
+            &r,
+            &e(&[], r#"{"items":{"T":{"value":12}},"status":"online"}"#)
+        )
+        .is_empty());
+        assert!(names(&r, &e(&[], "not json")).is_empty());
+    }
+}
