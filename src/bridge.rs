@@ -25,10 +25,6 @@ pub enum BridgeError {
     Route(#[from] RouteError),
     #[error("source TLS: {0}")]
     SourceTls(#[from] crate::tls::TlsError),
-    /// A configured feature that this build parses but cannot honour yet;
-    /// refusing is better than silently ignoring it.
-    #[error("`{0}` is not supported by this build yet; remove it from the configuration")]
-    Unsupported(&'static str),
 }
 
 /// A running bridge.
@@ -43,9 +39,6 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the sinks, and attaches the source once every sink is ready.
     pub async fn start(config: &Config) -> Result<Bridge, BridgeError> {
-        if config.dedup.is_some() {
-            return Err(BridgeError::Unsupported("dedup"));
-        }
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         let mut index = HashMap::new();
         for (name, sink_config) in &config.sinks.0 {
@@ -70,6 +63,10 @@ impl Bridge {
             router,
             sinks.clone(),
             dead_letter,
+            config
+                .dedup
+                .as_ref()
+                .map(|d| crate::dedup::Dedup::new(d.ttl.0, d.capacity)),
             config.retry.clone(),
             stats.clone(),
         ));

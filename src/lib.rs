@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod bridge;
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod emulator;
 pub mod envelope;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::config::RetryConfig;
+use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::{Route, Router, Target, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
@@ -33,6 +34,9 @@ pub struct BridgeStats {
     pub dead_lettered: AtomicU64,
     /// Deliveries that were not readable AMQP messages (rejected at the source).
     pub undecodable: AtomicU64,
+    /// Redelivered messages dropped (and accepted) because their messageId was
+    /// already confirmed to every target.
+    pub duplicates: AtomicU64,
     /// Deliveries being processed now.
     pub in_flight: AtomicU64,
     /// The highest `in_flight` seen.
@@ -56,6 +60,7 @@ pub struct Pipeline {
     sinks: Vec<Arc<dyn Sink>>,
     /// Where permanently failed copies go (index into `sinks`).
     dead_letter: Option<usize>,
+    dedup: Option<Arc<Dedup>>,
     retry: RetryConfig,
     stats: Arc<BridgeStats>,
     tasks: TaskTracker,
@@ -68,6 +73,7 @@ impl Pipeline {
         router: Router,
         sinks: Vec<Arc<dyn Sink>>,
         dead_letter: Option<usize>,
+        dedup: Option<Arc<Dedup>>,
         retry: RetryConfig,
         stats: Arc<BridgeStats>,
     ) -> Self {
@@ -75,6 +81,7 @@ impl Pipeline {
             router,
             sinks,
             dead_letter,
+            dedup,
             retry,
             stats,
             tasks: TaskTracker::new(),
@@ -94,7 +101,11 @@ impl Pipeline {
         self.stats.in_flight_peak.fetch_max(now, Ordering::Relaxed);
         let this = self.clone();
         self.tasks.spawn(async move {
-            let disposition = this.process(Arc::new(envelope)).await;
+            let envelope = Arc::new(envelope);
+            let disposition = match (&this.dedup, envelope.message_id()) {
+                (Some(dedup), Some(id)) => this.process_once(dedup, id.to_string(), envelope).await,
+                _ => this.process(envelope).await,
+            };
             let counter = match disposition {
                 Disposition::Accept => &this.stats.accepted,
                 Disposition::Release => &this.stats.released,
@@ -103,6 +114,33 @@ impl Pipeline {
             this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             settlement.settle(disposition);
         });
+    }
+
+    /// Forwards a message unless its id was already confirmed everywhere; a
+    /// copy in flight is waited for rather than forwarded a second time.
+    async fn process_once(
+        &self,
+        dedup: &Arc<Dedup>,
+        id: String,
+        envelope: Arc<Envelope>,
+    ) -> Disposition {
+        loop {
+            match dedup.claim(&id) {
+                Claim::Duplicate => {
+                    BridgeStats::bump(&self.stats.duplicates);
+                    tracing::debug!(message_id = %id, "duplicate dropped");
+                    return Disposition::Accept;
+                }
+                Claim::Wait(mut ended) => {
+                    let _ = ended.wait_for(|ended| *ended).await;
+                }
+                Claim::Fresh(first) => {
+                    let disposition = self.process(envelope).await;
+                    first.finish(disposition == Disposition::Accept);
+                    return disposition;
+                }
+            }
+        }
     }
 
     async fn process(&self, envelope: Arc<Envelope>) -> Disposition {

@@ -281,3 +281,50 @@ async fn shutdown_mid_stream_settles_in_flight_and_accepts_nothing_unconfirmed()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_drops_redelivered_duplicates_after_a_source_drop() {
+    const N: u64 = 5_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-7", "out/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = Duration::from_millis(200);
+    })
+    .await;
+    let setup = bridge_config(
+        &emulator,
+        broker.port,
+        SK,
+        "dedup: { ttl: 10m, capacity: 100000 }\n",
+    );
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    subscriber.wait_for_total(1_000, 60).await;
+    emulator.disconnect_all();
+    subscriber.wait_for_total(2_500, 60).await;
+    emulator.disconnect_all();
+    within(180, "all accepted", emulator.all_accepted()).await;
+    let dropped = bridge.stats().duplicates.load(Ordering::Relaxed);
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() == N as usize
+    })
+    .await;
+    // Redelivered copies of confirmed messages were dropped, not forwarded again.
+    assert_eq!(
+        assert_all_arrived(&subscriber, N as usize),
+        0,
+        "duplicates forwarded"
+    );
+    assert!(
+        dropped <= stats.redelivered,
+        "dropped {dropped} > redelivered {}",
+        stats.redelivered
+    );
+    eprintln!(
+        "dedup: redelivered {}, dropped as duplicates {dropped}",
+        stats.redelivered
+    );
+}
