@@ -14,6 +14,7 @@ use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
+use crate::route::status_order::StatusOrder;
 use crate::route::{Route, Router, Target, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
 
@@ -37,6 +38,9 @@ pub struct BridgeStats {
     /// Redelivered messages dropped (and accepted) because their messageId was
     /// already confirmed to every target.
     pub duplicates: AtomicU64,
+    /// Status messages not forwarded by an `order_by: time` route because a
+    /// newer status of the same device was already let through.
+    pub stale_status: AtomicU64,
     /// Deliveries being processed now.
     pub in_flight: AtomicU64,
     /// The highest `in_flight` seen.
@@ -61,6 +65,7 @@ pub struct Pipeline {
     /// Where permanently failed copies go (index into `sinks`).
     dead_letter: Option<usize>,
     dedup: Option<Arc<Dedup>>,
+    status_order: StatusOrder,
     retry: RetryConfig,
     stats: Arc<BridgeStats>,
     tasks: TaskTracker,
@@ -82,6 +87,7 @@ impl Pipeline {
             sinks,
             dead_letter,
             dedup,
+            status_order: StatusOrder::default(),
             retry,
             stats,
             tasks: TaskTracker::new(),
@@ -172,6 +178,14 @@ impl Pipeline {
         }
         let sends = routes
             .iter()
+            .filter(|route| {
+                let admitted = !route.order_by_time || self.status_order.admit(&envelope);
+                if !admitted {
+                    BridgeStats::bump(&self.stats.stale_status);
+                    tracing::debug!(route = %route.name, message_id = envelope.message_id(), "older status dropped");
+                }
+                admitted
+            })
             .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route.name.as_str(), t)))
             .map(|(route, target)| self.deliver_or_dead_letter(route, target, &envelope));
         let results = join_all(sends).await;

@@ -120,3 +120,79 @@ dead_letter: dead
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_status_messages_are_filtered_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    // Arrival order d1: 03, 01, 02, 04; d2: 02, 01. One message in flight at a
+    // time (credit 1, max_in_flight 1), so arrival order is processing order.
+    let messages = dir.path().join("status.jsonl");
+    let status = |dn: &str, sec: u32, state: &str| {
+        format!(
+            r#"{{"topic":"/as/mqtt/status/a1P/{dn}","body":{{"status":"{state}","productKey":"a1P","deviceName":"{dn}","utcTime":"2026-11-22T00:00:{sec:02}.000Z","time":"2026-11-22 08:00:{sec:02}.000"}}}}"#
+        )
+    };
+    let lines = [
+        status("d1", 3, "offline"),
+        status("d1", 1, "online"),
+        status("d2", 2, "online"),
+        status("d1", 2, "offline"),
+        status("d2", 1, "offline"),
+        status("d1", 4, "online"),
+    ];
+    std::fs::write(&messages, lines.join("\n")).unwrap();
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "status-sub", "status/#").await;
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let text = format!(
+        r##"source:
+  kind: aliyun
+  url: amqps://localhost:{port}
+  access_key_id: {AK}
+  access_key_secret: {SK}
+  consumer_group_id: {GROUP}
+  client_id: bridge-status
+  credit: 1
+  tls: {{ ca_file: {ca} }}
+sinks:
+  mqtt: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: status-out }}
+routes:
+  - name: status
+    match: {{ topic: "/as/mqtt/status/#" }}
+    order_by: time
+    to:
+      - {{ sink: mqtt, topic: "status/{{deviceName}}/{{json.utcTime}}" }}
+max_in_flight: 1
+"##,
+        port = emulator.local_addr().port(),
+        ca = ca.display(),
+        mqtt = broker.port,
+    );
+    let config = Config::parse(&text, Path::new("status.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(3, 30).await;
+    let stale = bridge
+        .stats()
+        .stale_status
+        .load(std::sync::atomic::Ordering::Relaxed);
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (6, 0));
+    assert_eq!(
+        stale, 3,
+        "d1@01, d1@02 and d2@01 are older than what was forwarded"
+    );
+    let mut forwarded: Vec<_> = subscriber.counts().into_keys().collect();
+    forwarded.sort();
+    assert_eq!(
+        forwarded,
+        [
+            "status/d1/2026-11-22T00:00:03.000Z",
+            "status/d1/2026-11-22T00:00:04.000Z",
+            "status/d2/2026-11-22T00:00:02.000Z"
+        ]
+    );
+}

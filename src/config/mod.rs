@@ -22,7 +22,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use error::ConfigError;
 pub use interpolate::interpolate;
 pub use route::{
-    validate_topic_filter, MatchConfig, Predicate, RouteConfig, TargetConfig, UnroutedPolicy,
+    validate_topic_filter, MatchConfig, OrderBy, Predicate, RouteConfig, TargetConfig,
+    UnroutedPolicy,
 };
 pub use sink::{
     FileSinkConfig, MqttSinkConfig, MqttUrl, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,

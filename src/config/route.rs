@@ -21,6 +21,18 @@ pub struct RouteConfig {
     /// Stop evaluating later routes once this one matched.
     #[serde(default, rename = "final")]
     pub is_final: bool,
+    /// `time`: per device, never forward a status older than one already
+    /// forwarded (the platform does not order online/offline messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_by: Option<OrderBy>,
+}
+
+/// What a route orders its messages by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderBy {
+    /// The body's `utcTime` (or `time`) field, per device.
+    Time,
 }
 
 /// What a message must look like for the route to fire.

@@ -2,6 +2,7 @@
 //! templates are parsed here, never per message.
 
 pub mod filter;
+pub mod status_order;
 pub mod template;
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ pub struct Route {
     json: Vec<(Vec<String>, Predicate)>,
     pub targets: Vec<Target>,
     is_final: bool,
+    /// Drop device status messages older than the last one forwarded.
+    pub order_by_time: bool,
 }
 
 impl Route {
@@ -127,6 +130,7 @@ impl Router {
                     .collect(),
                 targets,
                 is_final: route.is_final,
+                order_by_time: route.order_by == Some(crate::config::OrderBy::Time),
             });
         }
         let unrouted = match unrouted {
