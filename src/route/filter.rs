@@ -78,3 +78,111 @@ mod tests {
         assert!(!m("/a1B/+/thing/lifecycle", "/a1C/d/thing/lifecycle"));
     }
 }
+
+/// All routes' filters in one tree keyed by topic level, so a topic is
+/// matched against every filter in one walk of its levels instead of one
+/// comparison per route.
+#[derive(Debug, Default, Clone)]
+pub struct FilterIndex {
+    root: Node,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Node {
+    exact: std::collections::HashMap<String, Node>,
+    plus: Option<Box<Node>>,
+    /// Routes whose filter ends in `#` here.
+    rest: Vec<usize>,
+    /// Routes whose filter ends exactly here.
+    end: Vec<usize>,
+}
+
+impl FilterIndex {
+    /// Adds the filter of route `index` (syntax already checked by the config parser).
+    pub fn insert(&mut self, filter: &str, index: usize) {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            match level {
+                "#" => {
+                    node.rest.push(index);
+                    return;
+                }
+                "+" => node = node.plus.get_or_insert_with(Default::default),
+                other => node = node.exact.entry(other.to_string()).or_default(),
+            }
+        }
+        node.end.push(index);
+    }
+
+    /// The indices of every route whose filter matches `topic`, ascending.
+    pub fn matches(&self, topic: &str, out: &mut Vec<usize>) {
+        out.clear();
+        let levels: Vec<&str> = topic.split('/').collect();
+        collect(&self.root, &levels, out);
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+fn collect(node: &Node, levels: &[&str], out: &mut Vec<usize>) {
+    out.extend_from_slice(&node.rest);
+    let Some((first, rest)) = levels.split_first() else {
+        out.extend_from_slice(&node.end);
+        return;
+    };
+    if let Some(child) = node.exact.get(*first) {
+        collect(child, rest, out);
+    }
+    if let Some(plus) = &node.plus {
+        collect(plus, rest, out);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    /// The index agrees with the one-filter-at-a-time matcher.
+    #[test]
+    fn index_matches_like_single_filters() {
+        let filters = [
+            "/+/+/thing/event/property/post",
+            "/+/+/thing/event/+/post",
+            "/as/mqtt/status/#",
+            "#",
+            "/#",
+            "/+",
+            "/+/",
+            "/a1B/+/thing/lifecycle",
+            "/a1B/dev1/thing/lifecycle",
+        ];
+        let topics = [
+            "/a1B/dev1/thing/event/property/post",
+            "/a1B/dev1/thing/event/alarm/post",
+            "/as/mqtt/status/a1B/dev1",
+            "/as/mqtt/status",
+            "/as/mqtt",
+            "/x",
+            "/x/",
+            "/x/y",
+            "/a1B/dev1/thing/lifecycle",
+            "/a1C/d/thing/lifecycle",
+            "a1B/dev1/thing/event/property/post",
+        ];
+        let mut index = FilterIndex::default();
+        for (i, f) in filters.iter().enumerate() {
+            index.insert(f, i);
+        }
+        let mut got = Vec::new();
+        for topic in topics {
+            index.matches(topic, &mut got);
+            let want: Vec<usize> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| TopicFilter::new(f).matches(topic))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(got, want, "{topic}");
+        }
+    }
+}

@@ -7,7 +7,7 @@ pub mod template;
 
 use std::collections::HashMap;
 
-pub use filter::TopicFilter;
+pub use filter::{FilterIndex, TopicFilter};
 pub use template::{Template, TemplateError};
 
 use crate::config::{Predicate, RouteConfig, UnroutedPolicy};
@@ -27,7 +27,6 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub name: String,
-    filter: TopicFilter,
     properties: Vec<(String, Predicate)>,
     json: Vec<(Vec<String>, Predicate)>,
     pub targets: Vec<Target>,
@@ -76,6 +75,7 @@ pub enum Unrouted {
 #[derive(Clone, Debug)]
 pub struct Router {
     routes: Vec<Route>,
+    filters: FilterIndex,
     pub unrouted: Unrouted,
 }
 
@@ -120,7 +120,6 @@ impl Router {
             }
             compiled.push(Route {
                 name,
-                filter: TopicFilter::new(&route.matcher.topic),
                 properties: route.matcher.properties.clone().into_iter().collect(),
                 json: route
                     .matcher
@@ -143,8 +142,13 @@ impl Router {
                 })?)
             }
         };
+        let mut filters = FilterIndex::default();
+        for (i, route) in routes.iter().enumerate() {
+            filters.insert(&route.matcher.topic, i);
+        }
         Ok(Router {
             routes: compiled,
+            filters,
             unrouted,
         })
     }
@@ -154,11 +158,13 @@ impl Router {
         let Some(topic) = envelope.topic() else {
             return Vec::new();
         };
+        let mut candidates = Vec::new();
+        self.filters.matches(topic, &mut candidates);
         let mut matched = Vec::new();
         // The body is parsed at most once, and only if a route asks for a JSON field.
         let mut body: Option<Option<serde_json::Value>> = None;
-        for route in &self.routes {
-            if route.filter.matches(topic) && route.conditions_hold(envelope, &mut body) {
+        for route in candidates.into_iter().map(|i| &self.routes[i]) {
+            if route.conditions_hold(envelope, &mut body) {
                 matched.push(route);
                 if route.is_final {
                     break;
