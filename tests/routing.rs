@@ -196,3 +196,93 @@ max_in_flight: 1
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_broken_sink_holds_its_messages_while_the_other_keeps_receiving() {
+    const N: u64 = 2_000;
+    let healthy = Mosquitto::start();
+    let mut broken = Mosquitto::start();
+    let healthy_sub = Subscriber::start(healthy.port, "fanout-a", "a/#").await;
+    let broken_sub = Subscriber::start(broken.port, "fanout-b", "b/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let text = format!(
+        r##"source:
+  kind: aliyun
+  url: amqps://localhost:{port}
+  access_key_id: {AK}
+  access_key_secret: {SK}
+  consumer_group_id: {GROUP}
+  client_id: bridge-fanout
+  tls: {{ ca_file: {ca} }}
+sinks:
+  a: {{ kind: mqtt, url: "mqtt://127.0.0.1:{a}", client_id: fanout-out-a }}
+  b: {{ kind: mqtt, url: "mqtt://127.0.0.1:{b}", client_id: fanout-out-b }}
+routes:
+  - name: both
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: a, topic: "a/{{messageId}}" }}
+      - {{ sink: b, topic: "b/{{messageId}}" }}
+max_in_flight: 200
+retry: {{ initial: 50ms, max: 500ms }}
+"##,
+        port = emulator.local_addr().port(),
+        ca = ca.display(),
+        a = healthy.port,
+        b = broken.port,
+    );
+    let config = Config::parse(&text, Path::new("fanout.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    broken_sub.wait_for_total(300, 60).await;
+    broken.stop();
+    let accepted_at_stop = emulator.stats().snapshot().accepted;
+    let retries = || {
+        bridge
+            .stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let retries_at_stop = retries();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Sink `b` fails and is retried, while `a` confirms the copies in flight:
+    // `a` ends up with messages `b` does not have.
+    while retries() < retries_at_stop + 10
+        || healthy_sub.counts().len() <= broken_sub.counts().len()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sink b never failed or sink a stalled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // No message is accepted at the source without its `b` copy: acceptance
+    // stalls, bounded by what was in the pipeline when `b` went down.
+    let accepted_while_down = emulator.stats().snapshot().accepted;
+    assert!(
+        accepted_while_down <= accepted_at_stop + 200,
+        "accepted {accepted_while_down} with sink b down (was {accepted_at_stop})"
+    );
+    assert!(accepted_while_down as usize <= broken_sub.counts().len() + 200);
+    broken.start_again();
+    within(180, "all accepted", emulator.all_accepted()).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    for (name, sub) in [("a", &healthy_sub), ("b", &broken_sub)] {
+        let arrived = async {
+            let mut total = sub.total();
+            let _ = total.wait_for(|_| sub.counts().len() == N as usize).await;
+        };
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(60), arrived)
+            .await
+            .is_ok();
+        assert!(ok, "sink {name}: {} of {N} ids", sub.counts().len());
+    }
+}
