@@ -21,19 +21,18 @@ struct Setup {
 /// A bridge config: emulator source, one Mosquitto sink, `out/{messageId}`.
 fn bridge_config(emulator: &Emulator, mqtt_port: u16, secret: &str, extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let source = source_yaml(
+        emulator,
+        dir.path(),
+        "bridge-e2e",
+        "  reconnect: { initial: 50ms, max: 500ms }\n",
+    )
+    .replace(
+        &format!("access_key_secret: {SK}"),
+        &format!("access_key_secret: {secret}"),
+    );
     let text = format!(
-        r##"source:
-  kind: aliyun
-  url: amqps://localhost:{amqp_port}
-  access_key_id: {AK}
-  access_key_secret: {secret}
-  consumer_group_id: {GROUP}
-  client_id: bridge-e2e
-  tls: {{ ca_file: {ca} }}
-  reconnect: {{ initial: 50ms, max: 500ms }}
-sinks:
+        r##"{source}sinks:
   mosquitto:
     kind: mqtt
     url: mqtt://127.0.0.1:{mqtt_port}
@@ -45,9 +44,7 @@ routes:
       - {{ sink: mosquitto, topic: "out/{{messageId}}", qos: 1 }}
 shutdown_timeout: 5s
 retry: {{ initial: 50ms, max: 500ms }}
-{extra}"##,
-        amqp_port = emulator.local_addr().port(),
-        ca = ca.display(),
+{extra}"##
     );
     let config = Config::parse(&text, Path::new("e2e.yaml"), |_| None).expect("test config parses");
     Setup { _dir: dir, config }

@@ -27,20 +27,11 @@ async fn fan_out_to_mqtt_and_file_and_dead_letter_template_failures() {
     let subscriber = Subscriber::start(broker.port, "routing-sub", "copy/#").await;
     let emulator = emulator(|c| c.count = N).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
     let copies = dir.path().join("copies.jsonl");
     let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-routing", "");
     let text = format!(
-        r##"source:
-  kind: aliyun
-  url: amqps://localhost:{port}
-  access_key_id: {AK}
-  access_key_secret: {SK}
-  consumer_group_id: {GROUP}
-  client_id: bridge-routing
-  tls: {{ ca_file: {ca} }}
-sinks:
+        r##"{source}sinks:
   mqtt: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: routing-out }}
   copies: {{ kind: file, path: {copies} }}
   dead: {{ kind: file, path: {dead} }}
@@ -56,8 +47,6 @@ routes:
       - {{ sink: mqtt, topic: "region/{{prop.region}}/{{deviceName}}" }}
 dead_letter: dead
 "##,
-        port = emulator.local_addr().port(),
-        ca = ca.display(),
         mqtt = broker.port,
         copies = copies.display(),
         dead = dead.display(),
@@ -144,19 +133,9 @@ async fn out_of_order_status_messages_are_filtered_per_device() {
     let broker = Mosquitto::start();
     let subscriber = Subscriber::start(broker.port, "status-sub", "status/#").await;
     let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-status", "  credit: 1\n");
     let text = format!(
-        r##"source:
-  kind: aliyun
-  url: amqps://localhost:{port}
-  access_key_id: {AK}
-  access_key_secret: {SK}
-  consumer_group_id: {GROUP}
-  client_id: bridge-status
-  credit: 1
-  tls: {{ ca_file: {ca} }}
-sinks:
+        r##"{source}sinks:
   mqtt: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: status-out }}
 routes:
   - name: status
@@ -166,8 +145,6 @@ routes:
       - {{ sink: mqtt, topic: "status/{{deviceName}}/{{json.utcTime}}" }}
 max_in_flight: 1
 "##,
-        port = emulator.local_addr().port(),
-        ca = ca.display(),
         mqtt = broker.port,
     );
     let config = Config::parse(&text, Path::new("status.yaml"), |_| None).unwrap();
@@ -210,18 +187,9 @@ async fn one_broken_sink_holds_its_messages_while_the_other_keeps_receiving() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-fanout", "");
     let text = format!(
-        r##"source:
-  kind: aliyun
-  url: amqps://localhost:{port}
-  access_key_id: {AK}
-  access_key_secret: {SK}
-  consumer_group_id: {GROUP}
-  client_id: bridge-fanout
-  tls: {{ ca_file: {ca} }}
-sinks:
+        r##"{source}sinks:
   a: {{ kind: mqtt, url: "mqtt://127.0.0.1:{a}", client_id: fanout-out-a }}
   b: {{ kind: mqtt, url: "mqtt://127.0.0.1:{b}", client_id: fanout-out-b }}
 routes:
@@ -233,8 +201,6 @@ routes:
 max_in_flight: 200
 retry: {{ initial: 50ms, max: 500ms }}
 "##,
-        port = emulator.local_addr().port(),
-        ca = ca.display(),
         a = healthy.port,
         b = broken.port,
     );

@@ -88,3 +88,22 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Outp
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
 }
+
+/// The `source:` block of a bridge config pointing at `emulator`, trusting its
+/// CA (written into `dir`); `extra` adds indented source keys.
+pub fn source_yaml(
+    emulator: &Emulator,
+    dir: &std::path::Path,
+    client_id: &str,
+    extra: &str,
+) -> String {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, emulator.ca_pem().expect("generated CA")).unwrap();
+    format!(
+        "source:\n  kind: aliyun\n  url: amqps://localhost:{port}\n  access_key_id: {AK}\n  \
+         access_key_secret: {SK}\n  consumer_group_id: {GROUP}\n  client_id: {client_id}\n  \
+         tls: {{ ca_file: {ca} }}\n{extra}",
+        port = emulator.local_addr().port(),
+        ca = ca.display(),
+    )
+}
