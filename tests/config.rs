@@ -281,3 +281,18 @@ fn bad_regex_is_reported_at_its_line() {
         "{message}"
     );
 }
+
+#[test]
+fn aliyun_mqtt_auth_is_checked_and_redacted() {
+    let sink = "  mq:\n    kind: mqtt\n    url: mqtts://post-cn-x.mqtt.aliyuncs.com:8883\n    client_id: GID_a@@@b\n    auth:\n      mode: aliyun_signature\n      access_key_id: AKmq\n      instance_id: post-cn-x\n";
+    let text = BASE.replace("  dl:\n", &format!("{sink}  dl:\n"));
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("needs `access_key_secret`"), "{err}");
+    let text = BASE.replace(
+        "  dl:\n",
+        &format!("{sink}      access_key_secret: mq-secret-value\n  dl:\n"),
+    );
+    let config = parse(&text).unwrap();
+    let printed = config.to_redacted_yaml();
+    assert!(!printed.contains("mq-secret-value"), "{printed}");
+}

@@ -54,6 +54,101 @@ pub struct MqttSinkConfig {
     pub keep_alive: HumanDuration,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Largest packet the broker accepts, in bytes; a bigger message fails
+    /// permanently (dead letter) instead of making the broker drop the connection.
+    #[serde(default = "default_max_packet_size", deserialize_with = "packet_size")]
+    pub max_packet_size: usize,
+    /// Publishes awaiting the broker's confirmation at once; a full window holds
+    /// the pipeline back.
+    #[serde(
+        default = "default_mqtt_in_flight",
+        deserialize_with = "mqtt_in_flight"
+    )]
+    pub max_in_flight: usize,
+    /// Alibaba Cloud MQ for MQTT credentials (instead of username/password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<MqttAuthConfig>,
+}
+
+fn default_max_packet_size() -> usize {
+    // Mosquitto's and the MQTT protocol's limit; the platform's messages are far smaller.
+    268_435_455
+}
+fn packet_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    super::values::integer_in(d, 64, 268_435_455)
+}
+fn default_mqtt_in_flight() -> usize {
+    100
+}
+fn mqtt_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    super::values::integer_in(d, 1, 65_000)
+}
+
+/// How the bridge logs in to Alibaba Cloud MQ for MQTT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttAuthMode {
+    /// username `Signature|AK|InstanceId`, password Base64(HMAC-SHA1(secret, clientId)).
+    AliyunSignature,
+    /// username `Token|AK|InstanceId`, password `R|token|W|token`.
+    AliyunToken,
+}
+
+/// Alibaba Cloud MQ for MQTT credentials.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawMqttAuth")]
+pub struct MqttAuthConfig {
+    pub mode: MqttAuthMode,
+    pub access_key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret: Option<Secret>,
+    pub instance_id: String,
+    /// Token type (`R`, `W`, `RW`) → token, for `aliyun_token`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqttAuth {
+    mode: MqttAuthMode,
+    access_key_id: String,
+    #[serde(default)]
+    access_key_secret: Option<Secret>,
+    instance_id: String,
+    #[serde(default)]
+    tokens: BTreeMap<String, Secret>,
+}
+
+impl TryFrom<RawMqttAuth> for MqttAuthConfig {
+    type Error = String;
+    fn try_from(raw: RawMqttAuth) -> Result<Self, String> {
+        match raw.mode {
+            MqttAuthMode::AliyunSignature
+                if raw.access_key_secret.as_ref().is_none_or(Secret::is_empty) =>
+            {
+                return Err("mode aliyun_signature needs `access_key_secret`".into())
+            }
+            MqttAuthMode::AliyunToken if raw.tokens.is_empty() => {
+                return Err("mode aliyun_token needs `tokens` (e.g. { R: ..., W: ... })".into())
+            }
+            _ => {}
+        }
+        if let Some(bad) = raw
+            .tokens
+            .keys()
+            .find(|k| !matches!(k.as_str(), "R" | "W" | "RW"))
+        {
+            return Err(format!("token type `{bad}` is not one of R, W, RW"));
+        }
+        Ok(MqttAuthConfig {
+            mode: raw.mode,
+            access_key_id: raw.access_key_id,
+            access_key_secret: raw.access_key_secret,
+            instance_id: raw.instance_id,
+            tokens: raw.tokens,
+        })
+    }
 }
 
 fn default_mqtt_client_id() -> String {

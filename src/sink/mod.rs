@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod mqtt;
+pub mod mqtt_auth;
 pub mod record;
 pub mod stdout;
 
@@ -76,6 +77,8 @@ pub fn build(
 /// Why a sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkBuildError {
+    #[error("sink `{name}`: {message}")]
+    Invalid { name: String, message: String },
     #[error("sink `{name}`: cannot open {path}: {source}")]
     File {
         name: String,

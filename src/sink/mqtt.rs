@@ -23,8 +23,6 @@ use super::{Outgoing, Sink, SinkBuildError, SinkError};
 use crate::backoff::Backoff;
 use crate::config::MqttSinkConfig;
 
-/// Publishes waiting for their broker confirmation at once.
-const DEFAULT_WINDOW: usize = 100;
 /// A publish the broker has not confirmed by then is failed back for a retry.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MQTT protocol's packet size limit.
@@ -65,6 +63,7 @@ pub struct MqttSink {
     client: AsyncClient,
     tracker: Arc<Mutex<Tracker>>,
     window: Arc<Semaphore>,
+    max_packet_size: usize,
     ready: watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
@@ -106,7 +105,7 @@ impl MqttSink {
                 rumqttc::TlsConfiguration::Rustls(tls),
             ));
         }
-        let (client, eventloop) = AsyncClient::new(options, DEFAULT_WINDOW * 2);
+        let (client, eventloop) = AsyncClient::new(options, config.max_in_flight * 2);
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(drive(
@@ -119,7 +118,8 @@ impl MqttSink {
             name: name.to_string(),
             client,
             tracker,
-            window: Arc::new(Semaphore::new(DEFAULT_WINDOW)),
+            window: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_packet_size: config.max_packet_size,
             ready,
             task,
         })
@@ -140,11 +140,19 @@ impl Sink for MqttSink {
         let client = self.client.clone();
         let tracker = self.tracker.clone();
         let window = self.window.clone();
+        let max_packet_size = self.max_packet_size;
         Box::pin(async move {
             let topic = message.topic.unwrap_or_default();
             if !valid_topic_name(&topic) {
                 return Err(SinkError::Permanent(format!(
                     "invalid MQTT topic name `{topic}`"
+                )));
+            }
+            // Fixed header (≤5) + topic length and text + packet id + payload.
+            let size = 5 + 2 + topic.len() + 2 + message.envelope.body.len();
+            if size > max_packet_size {
+                return Err(SinkError::Permanent(format!(
+                    "message of {size} bytes exceeds the broker's max_packet_size {max_packet_size}"
                 )));
             }
             let qos = match message.qos {

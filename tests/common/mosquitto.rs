@@ -37,19 +37,31 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: String,
+    /// Log lines saying a client was refused ("not authorised").
+    pub refusals: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Mosquitto {
     /// Starts a plain, anonymous broker that persists sessions across restarts.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|_| String::new())
+    }
+
+    /// Starts a broker with extra config lines; the closure gets the broker's
+    /// own directory to put files (passwords, certificates) in.
+    pub fn start_with(extra: impl FnOnce(&std::path::Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         // Run as root, mosquitto drops to its own user: let it write its store.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let extra = extra(dir.path());
         let mut broker = Mosquitto {
             port: free_port(),
             dir,
             child: None,
+            extra,
+            refusals: Default::default(),
         };
         broker.launch();
         broker
@@ -60,11 +72,13 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{anonymous}persistence true\n\
                  persistence_location {dir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}\n",
                 port = self.port,
-                dir = self.dir.path().display()
+                dir = self.dir.path().display(),
+                extra = self.extra,
+                anonymous = if self.extra.contains("allow_anonymous") { "" } else { "allow_anonymous true\n" },
             ),
         )
         .unwrap();
@@ -78,9 +92,13 @@ impl Mosquitto {
         // Ready once it reports its listener; keep draining its log afterwards.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let refusals = self.refusals.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("not authorised") {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if line.contains("running") || line.contains("Error") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(line);

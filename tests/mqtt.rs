@@ -1,0 +1,172 @@
+//! The MQTT sink against real Mosquitto: QoS levels, refused logins, packet
+//! size limits.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amqp_bridge::bridge::Bridge;
+use amqp_bridge::config::Config;
+use common::mosquitto::Mosquitto;
+use common::subscriber::Subscriber;
+use common::*;
+
+fn config(source: &str, sinks_and_routes: &str) -> Config {
+    Config::parse(
+        &format!("{source}{sinks_and_routes}"),
+        Path::new("mqtt.yaml"),
+        |_| None,
+    )
+    .expect("test config parses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_each_deliver_every_message() {
+    const N: u64 = 1_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "qos-sub", "q/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-qos", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: qos-out }}
+routes:
+  - name: all
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: m, topic: "q/0/{{messageId}}", qos: 0 }}
+      - {{ sink: m, topic: "q/1/{{messageId}}", qos: 1 }}
+      - {{ sink: m, topic: "q/2/{{messageId}}", qos: 2 }}
+"##,
+            port = broker.port
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(3 * N, 30).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    let counts = subscriber.counts();
+    for qos in 0..3 {
+        let prefix = format!("q/{qos}/");
+        let arrived = counts
+            .iter()
+            .filter(|(t, _)| t.starts_with(&prefix))
+            .count();
+        assert_eq!(arrived as u64, N, "QoS {qos}");
+    }
+    assert!(counts.values().all(|c| *c == 1), "each copy exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_mqtt_login_keeps_the_source_detached_and_backs_off() {
+    let broker = Mosquitto::start_with(|dir| {
+        let passwords = dir.join("passwords");
+        let status = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args(["bridge", "right-password"])
+            .status()
+            .expect("mosquitto_passwd (scripts/install-test-deps.sh installs it)");
+        assert!(status.success());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+        format!(
+            "allow_anonymous false\npassword_file {}",
+            passwords.display()
+        )
+    });
+    let emulator = emulator(|c| c.count = 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-refused", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: refused-out, username: bridge, password: wrong-password }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "x/{{messageId}}" }} ] }}
+"##,
+            port = broker.port
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    let refusals = || broker.refusals.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refusals() < 1 {
+        assert!(Instant::now() < deadline, "broker never refused the login");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = Instant::now();
+    while refusals() < 3 {
+        assert!(Instant::now() < deadline, "no further attempts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Backoff from 100 ms, each delay at least half its step: 50 + 100 ms.
+    assert!(
+        first.elapsed() >= Duration::from_millis(130),
+        "attempts too fast: {:?}",
+        first.elapsed()
+    );
+    // The source is attached only after every sink is ready: nothing was taken.
+    assert_eq!(emulator.stats().snapshot().logins_ok, 0);
+    bridge.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_over_max_packet_size_is_dead_lettered_with_its_reason() {
+    let broker = Mosquitto::start_with(|_| "max_packet_size 300".to_string());
+    let subscriber = Subscriber::start(broker.port, "size-sub", "s/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("m.jsonl");
+    let big = "x".repeat(1_000);
+    std::fs::write(
+        &messages,
+        format!(
+            "{{\"topic\":\"/p/d/small\",\"body\":\"hello\"}}\n{{\"topic\":\"/p/d/big\",\"body\":\"{big}\"}}\n{{\"topic\":\"/p/d/small2\",\"body\":\"bye\"}}\n"
+        ),
+    )
+    .unwrap();
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-size", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: size-out, max_packet_size: 300 }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "s/{{topic[2]}}" }} ] }}
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(2, 30).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (3, 0));
+    let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
+    arrived.sort();
+    assert_eq!(arrived, ["s/small", "s/small2"]);
+    let dead_lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead_lines.len(), 1);
+    assert_eq!(dead_lines[0]["topic"], "/p/d/big");
+    let error = dead_lines[0]["failure"]["error"].as_str().unwrap();
+    assert!(error.contains("max_packet_size 300"), "{error}");
+}
