@@ -170,3 +170,87 @@ dead_letter: dead
     let error = dead_lines[0]["failure"]["error"].as_str().unwrap();
     assert!(error.contains("max_packet_size 300"), "{error}");
 }
+
+/// A CA and a `localhost` server certificate as PEM files in `dir`; returns the CA path.
+fn make_certs(dir: &Path) -> std::path::PathBuf {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["ca.crt", "server.crt", "server.key"] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir.join("ca.crt")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_password_login() {
+    const N: u64 = 500;
+    let tls_port = common::mosquitto::free_port();
+    let mut ca_path = None;
+    let broker = Mosquitto::start_with(|dir| {
+        ca_path = Some(make_certs(dir));
+        let passwords = dir.join("passwords");
+        let status = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args(["bridge", "tls-password"])
+            .status()
+            .expect("mosquitto_passwd (scripts/install-test-deps.sh installs it)");
+        assert!(status.success());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+        format!(
+            "allow_anonymous false\npassword_file {pw}\nlistener {tls_port} 127.0.0.1\n\
+             cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n",
+            pw = passwords.display(),
+            d = dir.display()
+        )
+    });
+    let ca_path = ca_path.unwrap();
+    // The subscriber uses the plain listener; the bridge the TLS one.
+    let subscriber = Subscriber::start_as(
+        broker.port,
+        "tls-sub",
+        "t/#",
+        Some(("bridge", "tls-password")),
+    )
+    .await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-tls", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m:
+    kind: mqtt
+    url: "mqtts://localhost:{tls_port}"
+    client_id: tls-out
+    username: bridge
+    password: tls-password
+    tls: {{ ca_file: {ca} }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "t/{{messageId}}" }} ] }}
+"##,
+            ca = ca_path.display()
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(N, 30).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert_eq!(subscriber.counts().len(), N as usize);
+}

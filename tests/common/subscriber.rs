@@ -17,7 +17,20 @@ pub struct Subscriber {
 impl Subscriber {
     /// Subscribes to `filter` at QoS 1 and returns once the broker confirmed it.
     pub async fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
+        Subscriber::start_as(port, client_id, filter, None).await
+    }
+
+    /// Like `start`, logging in with a username and password.
+    pub async fn start_as(
+        port: u16,
+        client_id: &str,
+        filter: &str,
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
