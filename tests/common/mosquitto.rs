@@ -40,6 +40,8 @@ pub struct Mosquitto {
     extra: String,
     /// Log lines saying a client was refused ("not authorised").
     pub refusals: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Topics of every PUBLISH the broker logged as received (needs `log_type debug`).
+    pub received: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Mosquitto {
@@ -62,6 +64,7 @@ impl Mosquitto {
             child: None,
             extra,
             refusals: Default::default(),
+            received: Default::default(),
         };
         broker.launch();
         broker
@@ -93,9 +96,16 @@ impl Mosquitto {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let refusals = self.refusals.clone();
+        let received = self.received.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // "Received PUBLISH from CLIENT (d0, q1, r0, m7, 'TOPIC', ... (N bytes))"
+                if line.contains("Received PUBLISH from") {
+                    if let Some(topic) = line.split('\'').nth(1) {
+                        received.lock().unwrap().insert(topic.to_string());
+                    }
+                }
                 if line.contains("not authorised") {
                     refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -111,6 +121,11 @@ impl Mosquitto {
             .expect("mosquitto did not report it is running");
         assert!(line.contains("running"), "mosquitto failed: {line}");
         self.child = Some(child);
+    }
+
+    /// True once the broker wrote its persistence file.
+    pub fn store_saved(&self) -> bool {
+        self.dir.path().join("mosquitto.db").exists()
     }
 
     /// Stops the broker (SIGTERM, so it saves its sessions) and waits for it.

@@ -41,10 +41,19 @@ impl Subscriber {
         let (total_tx, total) = watch::channel(0u64);
         let (subscribed_tx, mut subscribed) = watch::channel(false);
         let task_counts = counts.clone();
+        let filter = filter.to_string();
         let task = tokio::spawn(async move {
-            let _client = client;
+            let mut first = true;
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        // A broker that lost our session (killed before saving)
+                        // no longer knows the subscription.
+                        if !first && !ack.session_present {
+                            let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                        }
+                        first = false;
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         subscribed_tx.send_replace(true);
                     }
