@@ -366,3 +366,137 @@ async fn publish_once(port: u16, topic: &str) {
     })
     .await;
 }
+
+/// A real MQTT 5 subscriber that keeps each publish's topic and user properties.
+async fn v5_subscriber(
+    port: u16,
+    filter: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("v5-sub", "127.0.0.1", port), 100);
+    client
+        .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (subscribed_tx, mut subscribed) = tokio::sync::watch::channel(false);
+    let task_seen = seen.clone();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subscribed_tx.send_replace(true);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let props = p.properties.map(|p| p.user_properties).unwrap_or_default();
+                    task_seen.lock().unwrap().push((topic, props));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    within(10, "SUBACK", subscribed.wait_for(|s| *s))
+        .await
+        .unwrap();
+    (seen, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_carries_properties_and_dead_letters_refused_publishes() {
+    const N: u64 = 300;
+    // Anonymous clients may publish under v5/ only; Mosquitto answers other
+    // publishes with PUBACK reason "not authorized" (MQTT 5 only).
+    let broker = Mosquitto::start_with(|dir| {
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "topic readwrite v5/#\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+        format!("acl_file {}", acl.display())
+    });
+    let (seen, _task) = v5_subscriber(broker.port, "v5/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-v5", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: v5-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - name: allowed
+    match: {{ topic: "#" }}
+    to: [ {{ sink: m, topic: "v5/{{messageId}}" }} ]
+  - name: refused
+    match: {{ topic: "/+/+/thing/lifecycle" }}
+    to: [ {{ sink: m, topic: "denied/{{messageId}}" }} ]
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (seen.lock().unwrap().len() as u64) < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} arrived",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = bridge.stats();
+    eprintln!(
+        "v5: forwarded {} retries {} failed {} dead-lettered {}",
+        b.forwarded.load(Ordering::Relaxed),
+        b.retries.load(Ordering::Relaxed),
+        b.failed.load(Ordering::Relaxed),
+        b.dead_lettered.load(Ordering::Relaxed)
+    );
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, N);
+    for (topic, props) in &seen {
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("messageId"), topic.strip_prefix("v5/"), "{props:?}");
+        assert!(
+            get("topic").is_some_and(|t| t.starts_with('/')),
+            "{props:?}"
+        );
+        assert!(
+            get("generateTime").is_some_and(|t| t.parse::<i64>().is_ok()),
+            "{props:?}"
+        );
+    }
+    // Lifecycle messages (1 in 20) were refused by the broker: dead-lettered
+    // as permanent failures with the broker's reason.
+    let dead_lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead_lines.len() as u64, N / 20);
+    for line in &dead_lines {
+        assert_eq!(line["failure"]["route"], "refused");
+        let error = line["failure"]["error"].as_str().unwrap();
+        assert!(error.contains("NotAuthorized"), "{error}");
+    }
+}

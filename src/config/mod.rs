@@ -26,8 +26,8 @@ pub use route::{
     UnroutedPolicy,
 };
 pub use sink::{
-    FileSinkConfig, MqttAuthConfig, MqttAuthMode, MqttSinkConfig, MqttUrl, SinkConfig, Sinks,
-    StdoutSinkConfig, SINK_KINDS,
+    FileSinkConfig, MqttAuthConfig, MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion, SinkConfig,
+    Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{AmqpUrl, BackoffConfig, SourceConfig, SourceKind};
 pub use values::{HumanDuration, Secret, SinkName};

@@ -68,6 +68,54 @@ pub struct MqttSinkConfig {
     /// Alibaba Cloud MQ for MQTT credentials (instead of username/password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<MqttAuthConfig>,
+    /// Protocol version: `3.1.1` (default) or `5`.
+    #[serde(default)]
+    pub version: MqttVersion,
+}
+
+/// The MQTT protocol version a sink speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MqttVersion {
+    #[default]
+    V311,
+    V5,
+}
+
+impl Serialize for MqttVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MqttVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("3.1.1 or 5")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MqttVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MqttVersion, E> {
+                match v {
+                    "3.1.1" | "4" => Ok(MqttVersion::V311),
+                    "5" | "5.0" => Ok(MqttVersion::V5),
+                    other => Err(E::custom(format!(
+                        "unknown MQTT version `{other}`, expected 3.1.1 or 5"
+                    ))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<MqttVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_max_packet_size() -> usize {

@@ -76,7 +76,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\n{anonymous}persistence true\n\
-                 persistence_location {dir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n\
+                 persistence_location {dir}/\nmax_queued_messages 1000000\nmax_inflight_messages 0\n\
                  log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{extra}\n",
                 port = self.port,
                 dir = self.dir.path().display(),
@@ -105,6 +105,9 @@ impl Mosquitto {
                     if let Some(topic) = line.split('\'').nth(1) {
                         received.lock().unwrap().insert(topic.to_string());
                     }
+                }
+                if std::env::var_os("MOSQUITTO_LOG").is_some() {
+                    eprintln!("mosquitto: {line}");
                 }
                 if line.contains("not authorised") {
                     refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

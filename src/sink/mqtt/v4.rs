@@ -1,0 +1,77 @@
+//! MQTT 3.1.1 through `rumqttc`.
+
+use std::sync::Arc;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+};
+
+use super::{EventSource, LoopEvent, MAX_PACKET};
+use crate::config::{MqttSinkConfig, Secret};
+
+pub(super) fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// A client and its event loop, not yet connected.
+pub(super) fn connect(
+    config: &MqttSinkConfig,
+    login: Option<(String, Secret)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> (AsyncClient, Events) {
+    let mut options = MqttOptions::new(
+        config.client_id.clone(),
+        config.url.host(),
+        config.url.port(),
+    );
+    options
+        .set_keep_alive(config.keep_alive.0.max(std::time::Duration::from_secs(1)))
+        .set_clean_session(true)
+        // Our own window bounds what is outstanding; a large rumqttc inflight
+        // keeps packet ids from colliding.
+        .set_inflight(u16::MAX)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password.expose());
+    }
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
+    let (client, eventloop) = AsyncClient::new(options, config.max_in_flight * 2);
+    (client, Events(eventloop))
+}
+
+pub(super) struct Events(EventLoop);
+
+impl EventSource for Events {
+    async fn next(&mut self) -> LoopEvent {
+        match self.0.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                LoopEvent::Connected {
+                    receive_max: None,
+                    max_packet_size: None,
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LoopEvent::Written(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Answered(ack.pkid, Ok(())),
+            Ok(Event::Incoming(Packet::PubComp(comp))) => LoopEvent::Answered(comp.pkid, Ok(())),
+            Ok(Event::Outgoing(Outgoing::Disconnect))
+            | Err(rumqttc::ConnectionError::RequestsDone) => LoopEvent::Closed,
+            Ok(_) => LoopEvent::Other,
+            Err(e) => LoopEvent::Failed(e.to_string()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.0.clean();
+        self.0.pending.clear();
+        self.0.state.events.clear();
+        self.0.state.collision = None;
+    }
+}
