@@ -59,12 +59,14 @@ pub struct MqttSinkConfig {
     #[serde(default = "default_max_packet_size", deserialize_with = "packet_size")]
     pub max_packet_size: usize,
     /// Publishes awaiting the broker's confirmation at once; a full window holds
-    /// the pipeline back.
+    /// the pipeline back. Default: 100 for MQTT 3.1.1, the broker's receive
+    /// maximum for MQTT 5 (never more than the broker's receive maximum).
     #[serde(
-        default = "default_mqtt_in_flight",
-        deserialize_with = "mqtt_in_flight"
+        default,
+        deserialize_with = "mqtt_in_flight",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub max_in_flight: usize,
+    pub max_in_flight: Option<usize>,
     /// Alibaba Cloud MQ for MQTT credentials (instead of username/password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<MqttAuthConfig>,
@@ -125,11 +127,8 @@ fn default_max_packet_size() -> usize {
 fn packet_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     super::values::integer_in(d, 64, 268_435_455)
 }
-fn default_mqtt_in_flight() -> usize {
-    100
-}
-fn mqtt_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    super::values::integer_in(d, 1, 65_000)
+fn mqtt_in_flight<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    super::values::integer_in(d, 1, 65_535).map(Some)
 }
 
 /// How the bridge logs in to Alibaba Cloud MQ for MQTT.

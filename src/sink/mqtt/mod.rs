@@ -29,6 +29,10 @@ use crate::config::{MqttSinkConfig, MqttVersion, Secret};
 
 /// A publish the broker has not confirmed by then is failed back for a retry.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The in-flight window of an MQTT 3.1.1 sink unless configured.
+const DEFAULT_WINDOW_V311: usize = 100;
+/// The most an MQTT 5 sink takes from the broker's receive maximum unless configured.
+const DEFAULT_WINDOW_V5: usize = 1_000;
 /// The MQTT protocol's packet size limit.
 const MAX_PACKET: usize = 268_435_455;
 
@@ -203,9 +207,18 @@ impl MqttSink {
             None
         };
         let tracker = Arc::new(Mutex::new(Tracker::default()));
+        // MQTT 5 without a configured window takes the broker's receive
+        // maximum (announced in CONNACK), up to DEFAULT_WINDOW_V5.
+        let window = config.max_in_flight.unwrap_or(match config.version {
+            MqttVersion::V311 => DEFAULT_WINDOW_V311,
+            MqttVersion::V5 => DEFAULT_WINDOW_V5,
+        });
+        // rumqttc's request channel must hold a whole window: a publish waits for
+        // room there while holding the tracker lock, which the driver needs.
+        let capacity = window * 2;
         let limits = Arc::new(Limits {
-            window: Arc::new(Semaphore::new(config.max_in_flight)),
-            window_size: AtomicUsize::new(config.max_in_flight),
+            window: Arc::new(Semaphore::new(window)),
+            window_size: AtomicUsize::new(window),
             max_packet_size: AtomicUsize::new(config.max_packet_size),
         });
         let (ready_tx, ready) = watch::channel(false);
@@ -217,11 +230,11 @@ impl MqttSink {
         };
         let (client, task) = match config.version {
             MqttVersion::V311 => {
-                let (client, events) = v4::connect(config, login, tls);
+                let (client, events) = v4::connect(config, login, tls, capacity);
                 (Client::V4(client), tokio::spawn(driver.run(events)))
             }
             MqttVersion::V5 => {
-                let (client, events) = v5::connect(config, login, tls);
+                let (client, events) = v5::connect(config, login, tls, capacity);
                 (Client::V5(client), tokio::spawn(driver.run(events)))
             }
         };

@@ -22,6 +22,7 @@ pub(super) fn connect(
     config: &MqttSinkConfig,
     login: Option<(String, Secret)>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    capacity: usize,
 ) -> (AsyncClient, Events) {
     let mut options = MqttOptions::new(
         config.client_id.clone(),
@@ -43,7 +44,7 @@ pub(super) fn connect(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
     }
-    let (client, eventloop) = AsyncClient::new(options, config.max_in_flight * 2);
+    let (client, eventloop) = AsyncClient::new(options, capacity);
     (client, Events(eventloop))
 }
 
