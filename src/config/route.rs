@@ -172,6 +172,20 @@ pub struct TargetConfig {
     pub qos: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<bool>,
+    /// Kafka record key template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Kafka headers: `all` copies every application property; by default only
+    /// `topic`, `messageId` and `generateTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersMode>,
+}
+
+/// Which application properties travel as record headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadersMode {
+    All,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +198,10 @@ struct RawTarget {
     qos: Option<u8>,
     #[serde(default)]
     retain: Option<bool>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    headers: Option<HeadersMode>,
 }
 
 impl TryFrom<RawTarget> for TargetConfig {
@@ -201,11 +219,16 @@ impl TryFrom<RawTarget> for TargetConfig {
                 return Err(format!("qos {qos} out of range 0..=2"));
             }
         }
+        for template in raw.topic.iter().chain(raw.key.iter()) {
+            crate::route::Template::parse(template)?;
+        }
         Ok(TargetConfig {
             sink: raw.sink,
             topic: raw.topic,
             qos: raw.qos,
             retain: raw.retain,
+            key: raw.key,
+            headers: raw.headers,
         })
     }
 }

@@ -12,13 +12,14 @@ use super::values::{known_sink_kind, parse_str_with, HumanDuration, Secret};
 use super::TlsConfig;
 
 /// The sink kinds this build knows, as written in `kind:`.
-pub const SINK_KINDS: &[&str] = &["mqtt", "file", "stdout"];
+pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "file", "stdout"];
 
 /// One named sink.
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
+    Kafka(KafkaSinkConfig),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
 }
@@ -28,13 +29,14 @@ impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Mqtt(_) => "mqtt",
+            SinkConfig::Kafka(_) => "kafka",
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
         }
     }
     /// True for sinks whose targets must name a destination topic.
     pub fn needs_topic(kind: &str) -> bool {
-        kind == "mqtt"
+        kind == "mqtt" || kind == "kafka"
     }
 }
 
@@ -205,6 +207,79 @@ fn default_keep_alive() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
 
+/// A Kafka cluster (librdkafka producer, acks=all and idempotence by default).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    pub kind: String,
+    /// Bootstrap servers, `host:port`.
+    #[serde(deserialize_with = "non_empty_brokers")]
+    pub brokers: Vec<String>,
+    /// Any librdkafka producer property (compression, linger, SASL, TLS ...);
+    /// values whose names look secret print as `***`.
+    #[serde(default)]
+    pub properties: ClientProperties,
+}
+
+/// Free-form client properties; names that look like credentials print as
+/// `***` in `check` output and in Debug.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct ClientProperties(pub BTreeMap<String, String>);
+
+impl ClientProperties {
+    fn redacted(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_property(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+impl Serialize for ClientProperties {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(s)
+    }
+}
+
+impl fmt::Debug for ClientProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.redacted().fmt(f)
+    }
+}
+
+fn non_empty_brokers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let brokers = Vec::<String>::deserialize(d)?;
+    if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+        return Err(D::Error::custom("`brokers` needs at least one host:port"));
+    }
+    Ok(brokers)
+}
+
+/// True for librdkafka property names that hold credentials.
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl.keystore",
+        "token",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
 /// JSON lines appended to a file, fsynced before a message counts as delivered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +366,7 @@ impl<'de> Visitor<'de> for SinksVisitor {
         while let Some(name) = map.next_key::<String>()? {
             let sink = match known_sink_kind(&name).as_deref() {
                 Some("mqtt") => SinkConfig::Mqtt(Box::new(map.next_value()?)),
+                Some("kafka") => SinkConfig::Kafka(map.next_value()?),
                 Some("file") => SinkConfig::File(map.next_value()?),
                 Some("stdout") => SinkConfig::Stdout(map.next_value()?),
                 Some(other) => {

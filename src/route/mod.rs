@@ -21,6 +21,10 @@ pub struct Target {
     pub topic: Option<Template>,
     pub qos: u8,
     pub retain: bool,
+    /// Kafka record key.
+    pub key: Option<Template>,
+    /// Copy every application property as a header (Kafka).
+    pub all_headers: bool,
 }
 
 /// A compiled route.
@@ -111,11 +115,19 @@ impl Router {
                     .map(Template::parse)
                     .transpose()
                     .map_err(invalid)?;
+                let key = target
+                    .key
+                    .as_deref()
+                    .map(Template::parse)
+                    .transpose()
+                    .map_err(invalid)?;
                 targets.push(Target {
                     sink,
                     topic,
                     qos: target.qos.unwrap_or(1),
                     retain: target.retain.unwrap_or(false),
+                    key,
+                    all_headers: target.headers == Some(crate::config::HeadersMode::All),
                 });
             }
             compiled.push(Route {

@@ -2,6 +2,7 @@
 //! its broker confirmed it.
 
 pub mod file;
+pub mod kafka;
 pub mod mqtt;
 pub mod mqtt_auth;
 pub mod record;
@@ -21,6 +22,10 @@ pub struct Outgoing {
     pub topic: Option<String>,
     pub qos: u8,
     pub retain: bool,
+    /// Kafka record key.
+    pub key: Option<String>,
+    /// Copy every application property as a header, not only the platform's three.
+    pub all_headers: bool,
     /// Set when this copy is a dead letter: why the original target failed.
     pub failure: Option<Arc<Failure>>,
 }
@@ -71,6 +76,7 @@ pub fn build(
             })?,
         )),
         crate::config::SinkConfig::Stdout(_) => Ok(Arc::new(stdout::StdoutSink::new(name))),
+        crate::config::SinkConfig::Kafka(c) => Ok(Arc::new(kafka::KafkaSink::start(name, c)?)),
     }
 }
 

@@ -54,6 +54,8 @@ mod tests {
             topic: None,
             qos: 1,
             retain: false,
+            key: None,
+            all_headers: false,
             failure: failure.map(Arc::new),
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod mosquitto;
 pub mod subscriber;
+pub mod tansu;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,178 @@
+//! Kafka sink (rdkafka `FutureProducer`): a record resolves only on its
+//! delivery report. acks=all and idempotence are on unless the properties say
+//! otherwise. A full local queue waits (backpressure), it is not a failure.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+
+use super::{Outgoing, Sink, SinkBuildError, SinkError};
+use crate::config::KafkaSinkConfig;
+
+/// Properties the bridge always sets unless the sink's `properties` override them.
+const DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// A producer for one Kafka cluster.
+pub struct KafkaSink {
+    name: String,
+    producer: FutureProducer,
+    ready: watch::Receiver<bool>,
+}
+
+impl KafkaSink {
+    /// Creates the producer; `ready()` resolves once cluster metadata was fetched.
+    pub fn start(name: &str, config: &KafkaSinkConfig) -> Result<KafkaSink, SinkBuildError> {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", config.brokers.join(","));
+        for (key, value) in DEFAULTS {
+            client.set(*key, *value);
+        }
+        for (key, value) in &config.properties.0 {
+            client.set(key, value);
+        }
+        let producer: FutureProducer = client.create().map_err(|e| SinkBuildError::Invalid {
+            name: name.to_string(),
+            // librdkafka names the bad property; values are not echoed.
+            message: format!("Kafka producer: {e}"),
+        })?;
+        let (ready_tx, ready) = watch::channel(false);
+        let probe = producer.clone();
+        let sink_name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut attempts = 0u32;
+            while !ready_tx.is_closed() {
+                match probe.client().fetch_metadata(None, Duration::from_secs(5)) {
+                    Ok(metadata) => {
+                        tracing::info!(sink = %sink_name, brokers = metadata.brokers().len(), "Kafka metadata fetched");
+                        ready_tx.send_replace(true);
+                        return;
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts == 1 || attempts % 12 == 0 {
+                            tracing::warn!(sink = %sink_name, error = %e, "Kafka cluster not reachable yet");
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+        });
+        Ok(KafkaSink {
+            name: name.to_string(),
+            producer,
+            ready,
+        })
+    }
+}
+
+/// Record headers: the platform's three properties, or all with `headers: all`.
+fn headers(message: &Outgoing) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &message.envelope.properties {
+        if message.all_headers || matches!(key.as_str(), "topic" | "messageId" | "generateTime") {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    headers
+}
+
+/// Whether retrying a failed record can help.
+pub fn classify(error: &KafkaError) -> SinkError {
+    use RDKafkaErrorCode::*;
+    let text = error.to_string();
+    match error.rdkafka_error_code() {
+        Some(
+            MessageSizeTooLarge
+            | InvalidMessageSize
+            | MessageBatchTooLarge
+            | InvalidRecord
+            | InvalidMessage
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | UnknownTopicOrPartition
+            | UnknownTopic
+            | InvalidTopic
+            | InvalidRequiredAcks
+            | PolicyViolation
+            | UnsupportedForMessageFormat,
+        ) => SinkError::Permanent(text),
+        _ => SinkError::Transient(text),
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            let topic = message.topic.clone().unwrap_or_default();
+            let body = message.envelope.body.clone();
+            let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
+                .payload(&body[..])
+                .headers(headers(&message));
+            if let Some(key) = &message.key {
+                record = record.key(key.as_bytes());
+            }
+            // Timeout::Never: a full local queue waits here (backpressure).
+            match producer.send(record, Timeout::Never).await {
+                Ok(_) => Ok(()),
+                Err((error, _)) => Err(classify(&error)),
+            }
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        let mut ready = self.ready.clone();
+        Box::pin(async move {
+            let _ = ready.wait_for(|r| *r).await;
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            let flushed =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(sink = %self.name, error = %e, "Kafka flush incomplete");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_and_transient_errors() {
+        let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(matches!(classify(&permanent), SinkError::Permanent(_)));
+        let auth = KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert!(matches!(classify(&auth), SinkError::Permanent(_)));
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert!(
+                matches!(classify(&error), SinkError::Transient(_)),
+                "{code:?}"
+            );
+        }
+    }
+}
