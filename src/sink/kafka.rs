@@ -2,6 +2,7 @@
 //! delivery report. acks=all and idempotence are on unless the properties say
 //! otherwise. A full local queue waits (backpressure), it is not a failure.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -21,7 +22,11 @@ const DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "al
 /// A producer for one Kafka cluster.
 pub struct KafkaSink {
     name: String,
-    producer: FutureProducer,
+    client: ClientConfig,
+    /// Replaced when librdkafka reports a fatal error (e.g. an idempotent
+    /// producer fenced after an epoch bump): a fatal producer fails every send
+    /// from then on, so a new one (new producer id) takes over.
+    producer: Arc<RwLock<(u64, FutureProducer)>>,
     ready: watch::Receiver<bool>,
 }
 
@@ -65,9 +70,38 @@ impl KafkaSink {
         });
         Ok(KafkaSink {
             name: name.to_string(),
-            producer,
+            client,
+            producer: Arc::new(RwLock::new((0, producer))),
             ready,
         })
+    }
+}
+
+impl KafkaSink {
+    fn current(&self) -> (u64, FutureProducer) {
+        let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
+        (guard.0, guard.1.clone())
+    }
+}
+
+/// Swaps in a new producer unless another send already did.
+fn replace_fatal(
+    shared: &RwLock<(u64, FutureProducer)>,
+    generation: u64,
+    client: &ClientConfig,
+    name: &str,
+    reason: &str,
+) {
+    let mut guard = shared.write().unwrap_or_else(|p| p.into_inner());
+    if guard.0 != generation {
+        return;
+    }
+    match client.create::<FutureProducer>() {
+        Ok(fresh) => {
+            tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
+            *guard = (generation + 1, fresh);
+        }
+        Err(e) => tracing::error!(sink = %name, error = %e, "cannot replace the Kafka producer"),
     }
 }
 
@@ -115,7 +149,10 @@ impl Sink for KafkaSink {
     }
 
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>> {
-        let producer = self.producer.clone();
+        let (generation, producer) = self.current();
+        let shared = self.producer.clone();
+        let client = self.client.clone();
+        let name = self.name.clone();
         Box::pin(async move {
             let topic = message.topic.clone().unwrap_or_default();
             let body = message.envelope.body.clone();
@@ -128,7 +165,15 @@ impl Sink for KafkaSink {
             // Timeout::Never: a full local queue waits here (backpressure).
             match producer.send(record, Timeout::Never).await {
                 Ok(_) => Ok(()),
-                Err((error, _)) => Err(classify(&error)),
+                Err((error, _)) => {
+                    if let Some(fatal) = producer.client().fatal_error() {
+                        replace_fatal(&shared, generation, &client, &name, &fatal.1);
+                        return Err(SinkError::Transient(format!(
+                            "producer replaced after fatal error: {error}"
+                        )));
+                    }
+                    Err(classify(&error))
+                }
             }
         })
     }
@@ -141,7 +186,7 @@ impl Sink for KafkaSink {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        let producer = self.producer.clone();
+        let (_, producer) = self.current();
         Box::pin(async move {
             let flushed =
                 tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;

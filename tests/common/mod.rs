@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod proxy;
 pub mod subscriber;
 pub mod tansu;
 

@@ -21,15 +21,22 @@ pub struct Tansu {
 impl Tansu {
     /// Starts the broker and waits for its "ready" line.
     pub fn start() -> Tansu {
+        Tansu::start_advertising(None)
+    }
+
+    /// Starts the broker telling clients to connect to `advertised` (a proxy
+    /// port) instead of its own.
+    pub fn start_advertising(advertised: Option<u16>) -> Tansu {
         let port = super::mosquitto::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let mut child = Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::piped())
@@ -69,7 +76,7 @@ impl Tansu {
                 "create",
                 topic,
                 "--broker",
-                &format!("tcp://{}", self.address()),
+                &format!("tcp://127.0.0.1:{}", self.port),
             ])
             .args(["--partitions", &partitions.to_string()])
             .status()
@@ -105,14 +112,14 @@ pub struct Record {
     pub headers: Vec<(String, String)>,
 }
 
-/// Reads `topic` (all partitions, from the start) until at least `expected`
-/// records arrived and as many as the partitions' high watermarks then count,
-/// so extra (duplicate) records are read too; gives up after `secs`.
+/// Reads `topic` (all partitions, from the start) until `done` says enough
+/// arrived and as many records as the partitions' high watermarks then count
+/// (so extra, duplicate records are read too); gives up after `secs`.
 pub fn consume(
     address: &str,
     topic: &str,
     partitions: u32,
-    expected: usize,
+    done: impl Fn(&[Record]) -> bool,
     secs: u64,
 ) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -139,10 +146,10 @@ pub fn consume(
             .sum()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     loop {
-        let target = expected.max(watermarks());
-        while records.len() < target && std::time::Instant::now() < deadline {
+        let target = watermarks();
+        while (records.len() < target || !done(&records)) && std::time::Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                 records.push(Record {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -164,8 +171,27 @@ pub fn consume(
                 });
             }
         }
-        if records.len() >= watermarks() || std::time::Instant::now() >= deadline {
+        if (records.len() >= watermarks() && done(&records))
+            || std::time::Instant::now() >= deadline
+        {
             return records;
         }
     }
+}
+
+/// `done` for `consume`: `n` distinct record keys have arrived.
+pub fn distinct_keys(n: usize) -> impl Fn(&[Record]) -> bool {
+    move |records| {
+        records
+            .iter()
+            .map(|r| &r.key)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= n
+    }
+}
+
+/// `done` for `consume`: `n` records have arrived.
+pub fn at_least(n: usize) -> impl Fn(&[Record]) -> bool {
+    move |records: &[Record]| records.len() >= n
 }
