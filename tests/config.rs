@@ -296,3 +296,21 @@ fn aliyun_mqtt_auth_is_checked_and_redacted() {
     let printed = config.to_redacted_yaml();
     assert!(!printed.contains("mq-secret-value"), "{printed}");
 }
+
+#[test]
+fn kafka_sink_properties_with_secrets_are_redacted() {
+    let sink = "  k:\n    kind: kafka\n    brokers: [\"127.0.0.1:9092\"]\n    properties:\n      sasl.password: kafka-secret-value\n      compression.type: lz4\n";
+    let text = BASE.replace("  dl:\n", &format!("{sink}  dl:\n"));
+    let config = parse(&text).unwrap();
+    let printed = config.to_redacted_yaml();
+    assert!(!printed.contains("kafka-secret-value"), "{printed}");
+    assert!(!format!("{config:?}").contains("kafka-secret-value"));
+    assert!(printed.contains("compression.type: lz4"), "{printed}");
+    let text = BASE.replace("  dl:\n", "  k: { kind: kafka, brokers: [] }\n  dl:\n");
+    let (line, message) = match parse(&text) {
+        Err(ConfigError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(line, 13);
+    assert!(message.contains("brokers"), "{message}");
+}
