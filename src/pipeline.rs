@@ -15,7 +15,7 @@ use crate::config::RetryConfig;
 use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::status_order::StatusOrder;
-use crate::route::{Route, Router, Target, Unrouted};
+use crate::route::{Route, Router, Target, Template, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
 
 /// Counters of the bridge, read by the status line, metrics and tests.
@@ -245,28 +245,19 @@ impl Pipeline {
         envelope: &Arc<Envelope>,
     ) -> Result<(), SinkError> {
         let sink = &self.sinks[target.sink];
-        let topic = match &target.topic {
-            Some(template) => match template.render(envelope) {
-                Ok(topic) => Some(topic),
-                Err(e) => {
+        let fill = |template: &Option<Template>| -> Result<Option<String>, SinkError> {
+            template
+                .as_ref()
+                .map(|t| t.render(envelope))
+                .transpose()
+                .map_err(|e| {
                     BridgeStats::bump(&self.stats.failed);
-                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot build destination");
-                    return Err(SinkError::Permanent(e.to_string()));
-                }
-            },
-            None => None,
+                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot fill template");
+                    SinkError::Permanent(e.to_string())
+                })
         };
-        let key = match &target.key {
-            Some(template) => match template.render(envelope) {
-                Ok(key) => Some(key),
-                Err(e) => {
-                    BridgeStats::bump(&self.stats.failed);
-                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot build key");
-                    return Err(SinkError::Permanent(e.to_string()));
-                }
-            },
-            None => None,
-        };
+        let topic = fill(&target.topic)?;
+        let key = fill(&target.key)?;
         let message = Outgoing {
             envelope: envelope.clone(),
             topic,

@@ -21,8 +21,9 @@ const DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "al
 
 /// A producer for one Kafka cluster.
 pub struct KafkaSink {
-    name: String,
-    client: ClientConfig,
+    name: Arc<str>,
+    /// Kept to build a replacement producer; shared, never cloned per message.
+    client: Arc<ClientConfig>,
     /// Replaced when librdkafka reports a fatal error (e.g. an idempotent
     /// producer fenced after an epoch bump): a fatal producer fails every send
     /// from then on, so a new one (new producer id) takes over.
@@ -41,10 +42,18 @@ impl KafkaSink {
         for (key, value) in &config.properties.0 {
             client.set(key, value);
         }
-        let producer: FutureProducer = client.create().map_err(|e| SinkBuildError::Invalid {
-            name: name.to_string(),
-            // librdkafka names the bad property; values are not echoed.
-            message: format!("Kafka producer: {e}"),
+        let producer: FutureProducer = client.create().map_err(|e| {
+            // librdkafka may quote a rejected value: never echo a secret one.
+            let mut message = format!("Kafka producer: {e}");
+            for (key, value) in &config.properties.0 {
+                if crate::config::is_secret_property(key) && !value.is_empty() {
+                    message = message.replace(value.as_str(), "***");
+                }
+            }
+            SinkBuildError::Invalid {
+                name: name.to_string(),
+                message,
+            }
         })?;
         let (ready_tx, ready) = watch::channel(false);
         let probe = producer.clone();
@@ -69,8 +78,8 @@ impl KafkaSink {
             }
         });
         Ok(KafkaSink {
-            name: name.to_string(),
-            client,
+            name: Arc::from(name),
+            client: Arc::new(client),
             producer: Arc::new(RwLock::new((0, producer))),
             ready,
         })
@@ -151,8 +160,8 @@ impl Sink for KafkaSink {
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>> {
         let (generation, producer) = self.current();
         let shared = self.producer.clone();
-        let client = self.client.clone();
-        let name = self.name.clone();
+        let client = Arc::clone(&self.client);
+        let name = Arc::clone(&self.name);
         Box::pin(async move {
             let topic = message.topic.clone().unwrap_or_default();
             let body = message.envelope.body.clone();

@@ -149,7 +149,8 @@ pub struct MqttSink {
     tracker: Arc<Mutex<Tracker>>,
     limits: Arc<Limits>,
     ready: watch::Receiver<bool>,
-    task: JoinHandle<()>,
+    /// The driver; taken by `close` to wait for it.
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Username and password for the broker: Alibaba MQ for MQTT credentials when
@@ -244,7 +245,7 @@ impl MqttSink {
             tracker,
             limits,
             ready,
-            task,
+            task: std::sync::Mutex::new(Some(task)),
         })
     }
 }
@@ -332,13 +333,17 @@ impl Sink for MqttSink {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.client.try_disconnect();
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while !self.task.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+            let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(mut task) = task {
+                // The driver ends once the DISCONNECT is written; a broker that
+                // is away leaves it in its reconnect sleep, so bound the wait.
+                if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
                 }
-            })
-            .await;
-            self.task.abort();
+            }
             self.tracker.lock().await.fail_all("sink closed");
         })
     }
