@@ -63,14 +63,6 @@ fn assert_all_arrived(subscriber: &Subscriber, n: usize) -> u32 {
     counts.values().map(|c| c - 1).sum()
 }
 
-async fn eventually(what: &str, secs: u64, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_each_accepted_after_puback() {
     const N: u64 = 10_000;

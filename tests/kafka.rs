@@ -127,22 +127,6 @@ fn ids_at_least_once(records: &[common::tansu::Record], n: u64) -> u64 {
     ids.values().map(|c| c - 1).sum()
 }
 
-async fn wait_for_retries(bridge: &Bridge, more_than: u64, secs: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while bridge
-        .stats()
-        .retries
-        .load(std::sync::atomic::Ordering::Relaxed)
-        <= more_than
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed sends to retry"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_broker_loses_nothing() {
     const N: u64 = 3_000;
@@ -169,17 +153,22 @@ async fn frozen_broker_loses_nothing() {
         "",
     );
     let bridge = Bridge::start(&config).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while emulator.stats().snapshot().accepted < 1_000 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("1 000 accepted", 60, || {
+        emulator.stats().snapshot().accepted >= 1_000
+    })
+    .await;
     broker.signal("STOP");
-    let retries = bridge
-        .stats()
-        .retries
-        .load(std::sync::atomic::Ordering::Relaxed);
-    wait_for_retries(&bridge, retries, 60).await;
+    let retries = || {
+        bridge
+            .stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = retries();
+    eventually("failed sends retried during the freeze", 60, || {
+        retries() > before
+    })
+    .await;
     broker.signal("CONT");
     within(300, "all accepted", emulator.all_accepted()).await;
     bridge.shutdown().await;
@@ -218,11 +207,10 @@ async fn connections_cut_by_a_proxy_lose_nothing() {
     );
     let bridge = Bridge::start(&config).await.unwrap();
     for at in [800u64, 1_600, 2_400] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while emulator.stats().snapshot().accepted < at {
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually("messages accepted", 60, || {
+            emulator.stats().snapshot().accepted >= at
+        })
+        .await;
         proxy.cut_all();
     }
     within(300, "all accepted", emulator.all_accepted()).await;
@@ -244,15 +232,11 @@ async fn record_larger_than_allowed_is_dead_lettered() {
     let broker = Tansu::start();
     broker.create_topic("iot.all", 1);
     let dir = tempfile::tempdir().unwrap();
-    let messages = dir.path().join("m.jsonl");
     let big = "x".repeat(5_000);
-    std::fs::write(
-        &messages,
-        format!(
-            "{{\"topic\":\"/p/d/a\",\"body\":\"small\"}}\n{{\"topic\":\"/p/d/b\",\"body\":\"{big}\"}}\n{{\"topic\":\"/p/d/c\",\"body\":\"small\"}}\n"
-        ),
-    )
-    .unwrap();
+    let messages = messages_file(
+        dir.path(),
+        &[("/p/d/a", "small"), ("/p/d/b", &big), ("/p/d/c", "small")],
+    );
     let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
     let source = source_yaml(&emulator, dir.path(), "bridge-kafka-size", "");
     let dead = dir.path().join("dead.jsonl");
@@ -284,11 +268,7 @@ dead_letter: dead
             .unwrap();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.payload == b"small"));
-    let dead_lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let dead_lines = read_jsonl(&dead);
     assert_eq!(dead_lines.len(), 1);
     assert_eq!(dead_lines[0]["topic"], "/p/d/b");
     let error = dead_lines[0]["failure"]["error"].as_str().unwrap();

@@ -67,16 +67,7 @@ routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_mqtt_login_keeps_the_source_detached_and_backs_off() {
     let broker = Mosquitto::start_with(|dir| {
-        let passwords = dir.join("passwords");
-        let status = std::process::Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwords)
-            .args(["bridge", "right-password"])
-            .status()
-            .expect("mosquitto_passwd (scripts/install-test-deps.sh installs it)");
-        assert!(status.success());
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let passwords = common::mosquitto::password_file(dir, "bridge", "right-password");
         format!(
             "allow_anonymous false\npassword_file {}",
             passwords.display()
@@ -98,16 +89,9 @@ routes:
     );
     let bridge = Bridge::start(&config).await.unwrap();
     let refusals = || broker.refusals.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while refusals() < 1 {
-        assert!(Instant::now() < deadline, "broker never refused the login");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the broker refusing the login", 30, || refusals() >= 1).await;
     let first = Instant::now();
-    while refusals() < 3 {
-        assert!(Instant::now() < deadline, "no further attempts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("further login attempts", 30, || refusals() >= 3).await;
     // Backoff from 100 ms, each delay at least half its step: 50 + 100 ms.
     assert!(
         first.elapsed() >= Duration::from_millis(130),
@@ -125,15 +109,15 @@ async fn message_over_max_packet_size_is_dead_lettered_with_its_reason() {
     let broker = Mosquitto::start_with(|_| "max_packet_size 300".to_string());
     let subscriber = Subscriber::start(broker.port, "size-sub", "s/#").await;
     let dir = tempfile::tempdir().unwrap();
-    let messages = dir.path().join("m.jsonl");
     let big = "x".repeat(1_000);
-    std::fs::write(
-        &messages,
-        format!(
-            "{{\"topic\":\"/p/d/small\",\"body\":\"hello\"}}\n{{\"topic\":\"/p/d/big\",\"body\":\"{big}\"}}\n{{\"topic\":\"/p/d/small2\",\"body\":\"bye\"}}\n"
-        ),
-    )
-    .unwrap();
+    let messages = messages_file(
+        dir.path(),
+        &[
+            ("/p/d/small", "hello"),
+            ("/p/d/big", &big),
+            ("/p/d/small2", "bye"),
+        ],
+    );
     let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
     let dead = dir.path().join("dead.jsonl");
     let source = source_yaml(&emulator, dir.path(), "bridge-size", "");
@@ -160,11 +144,7 @@ dead_letter: dead
     let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
     arrived.sort();
     assert_eq!(arrived, ["s/small", "s/small2"]);
-    let dead_lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let dead_lines = read_jsonl(&dead);
     assert_eq!(dead_lines.len(), 1);
     assert_eq!(dead_lines[0]["topic"], "/p/d/big");
     let error = dead_lines[0]["failure"]["error"].as_str().unwrap();
@@ -200,16 +180,7 @@ async fn tls_with_a_test_ca_and_password_login() {
     let mut ca_path = None;
     let broker = Mosquitto::start_with(|dir| {
         ca_path = Some(make_certs(dir));
-        let passwords = dir.join("passwords");
-        let status = std::process::Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwords)
-            .args(["bridge", "tls-password"])
-            .status()
-            .expect("mosquitto_passwd (scripts/install-test-deps.sh installs it)");
-        assert!(status.success());
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let passwords = common::mosquitto::password_file(dir, "bridge", "tls-password");
         format!(
             "allow_anonymous false\npassword_file {pw}\nlistener {tls_port} 127.0.0.1\n\
              cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n",
@@ -263,11 +234,7 @@ async fn broker_killed_three_times_loses_nothing() {
     // subscriber (and what was queued for it at the last save).
     let mut broker = Mosquitto::start_with(|_| "autosave_interval 1\nlog_type debug".to_string());
     let subscriber = Subscriber::start(broker.port, "kill-sub", "k/#").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !broker.store_saved() {
-        assert!(Instant::now() < deadline, "mosquitto never saved its store");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("mosquitto saving its store", 10, || broker.store_saved()).await;
     let emulator = emulator(|c| {
         c.count = N;
         c.redeliver_after = Duration::from_millis(300);
@@ -294,14 +261,8 @@ retry: {{ initial: 50ms, max: 500ms }}
         broker.kill();
         let retries = || bridge.stats().retries.load(Ordering::Relaxed);
         let before = retries();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while retries() < before + 5 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no retries while the broker was dead"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("round {round}: retries while the broker is dead");
+        eventually(&what, 30, || retries() >= before + 5).await;
         broker.start_again();
     }
     within(300, "all accepted", emulator.all_accepted()).await;
@@ -447,15 +408,10 @@ dead_letter: dead
     );
     let bridge = Bridge::start(&config).await.unwrap();
     within(120, "all accepted", emulator.all_accepted()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (seen.lock().unwrap().len() as u64) < N {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {N} arrived",
-            seen.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every MQTT 5 publish at the subscriber", 30, || {
+        seen.lock().unwrap().len() as u64 >= N
+    })
+    .await;
     let b = bridge.stats();
     eprintln!(
         "v5: forwarded {} retries {} failed {} dead-lettered {}",
@@ -488,11 +444,7 @@ dead_letter: dead
     }
     // Lifecycle messages (1 in 20) were refused by the broker: dead-lettered
     // as permanent failures with the broker's reason.
-    let dead_lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let dead_lines = read_jsonl(&dead);
     assert_eq!(dead_lines.len() as u64, N / 20);
     for line in &dead_lines {
         assert_eq!(line["failure"]["route"], "refused");

@@ -109,3 +109,62 @@ pub fn source_yaml(
         ca = ca.display(),
     )
 }
+
+/// Polls `condition` until it holds; fails the test naming `what` after
+/// `secs`. For counters that change without an event to await.
+pub async fn eventually(what: &str, secs: u64, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every line of a JSON-lines file (a file or dead-letter sink's output).
+pub fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+/// An emulator `--messages` file with one message per (topic, body).
+pub fn messages_file(dir: &std::path::Path, messages: &[(&str, &str)]) -> std::path::PathBuf {
+    let path = dir.join("messages.jsonl");
+    let lines: Vec<String> = messages
+        .iter()
+        .map(|(topic, body)| serde_json::json!({"topic": topic, "body": body}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// Reads a broker's log on a thread: every line goes to `on_line`, and the
+/// first line for which `is_ready` holds is sent on the returned channel.
+pub fn follow_output(
+    output: impl std::io::Read + Send + 'static,
+    is_ready: impl Fn(&str) -> bool + Send + 'static,
+    mut on_line: impl FnMut(&str) + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            on_line(&line);
+            if is_ready(&line) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    rx
+}

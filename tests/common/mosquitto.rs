@@ -1,10 +1,8 @@
 //! A real Mosquitto broker per test, on a free loopback port, stopped on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const INSTALL_HINT: &str = "mosquitto not found: run scripts/install-test-deps.sh";
@@ -94,12 +92,12 @@ impl Mosquitto {
             .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
         // Ready once it reports its listener; keep draining its log afterwards.
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
         let refusals = self.refusals.clone();
         let received = self.received.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let rx = super::follow_output(
+            stderr,
+            |line| line.contains("running") || line.contains("Error"),
+            move |line| {
                 // "Received PUBLISH from CLIENT (d0, q1, r0, m7, 'TOPIC', ... (N bytes))"
                 if line.contains("Received PUBLISH from") {
                     if let Some(topic) = line.split('\'').nth(1) {
@@ -112,13 +110,8 @@ impl Mosquitto {
                 if line.contains("not authorised") {
                     refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                if line.contains("running") || line.contains("Error") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
+            },
+        );
         let line = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("mosquitto did not report it is running");
@@ -177,4 +170,19 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A Mosquitto password file in `dir` with one user, readable by the broker.
+pub fn password_file(dir: &std::path::Path, user: &str, password: &str) -> PathBuf {
+    let passwords = dir.join("passwords");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args([user, password])
+        .status()
+        .expect("mosquitto_passwd (scripts/install-test-deps.sh installs it)");
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&passwords, std::fs::Permissions::from_mode(0o644)).unwrap();
+    passwords
 }

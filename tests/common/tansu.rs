@@ -1,8 +1,6 @@
 //! A real Kafka-protocol broker (tansu, memory storage) per test.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -44,17 +42,7 @@ impl Tansu {
             .spawn()
             .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("ready") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
+        let rx = super::follow_output(stdout, |line| line.contains("ready"), |_| {});
         rx.recv_timeout(Duration::from_secs(20))
             .expect("tansu did not become ready");
         Tansu {
