@@ -6,7 +6,8 @@ set -euo pipefail
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
-command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# gcc and make build the bundled librdkafka (rdkafka-sys).
+{ command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
