@@ -166,6 +166,8 @@ impl Pipeline {
                         retain: false,
                         key: None,
                         all_headers: true,
+                        tag: None,
+                        keys: Vec::new(),
                     };
                     if self
                         .deliver_or_dead_letter("unrouted", &target, &envelope)
@@ -221,6 +223,12 @@ impl Pipeline {
             retain: false,
             key: envelope.message_id().map(str::to_string),
             all_headers: true,
+            tag: None,
+            keys: envelope
+                .message_id()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
             failure: Some(Arc::new(Failure {
                 route: route.to_string(),
                 sink: self.sinks[target.sink].name().to_string(),
@@ -245,9 +253,8 @@ impl Pipeline {
         envelope: &Arc<Envelope>,
     ) -> Result<(), SinkError> {
         let sink = &self.sinks[target.sink];
-        let fill = |template: &Option<Template>| -> Result<Option<String>, SinkError> {
+        let fill = |template: Option<&Template>| -> Result<Option<String>, SinkError> {
             template
-                .as_ref()
                 .map(|t| t.render(envelope))
                 .transpose()
                 .map_err(|e| {
@@ -256,8 +263,14 @@ impl Pipeline {
                     SinkError::Permanent(e.to_string())
                 })
         };
-        let topic = fill(&target.topic)?;
-        let key = fill(&target.key)?;
+        let topic = fill(target.topic.as_ref())?;
+        let key = fill(target.key.as_ref())?;
+        let tag = fill(target.tag.as_ref())?;
+        let keys = target
+            .keys
+            .iter()
+            .map(|k| fill(Some(k)).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()?;
         let message = Outgoing {
             envelope: envelope.clone(),
             topic,
@@ -265,6 +278,8 @@ impl Pipeline {
             retain: target.retain,
             key,
             all_headers: target.all_headers,
+            tag,
+            keys,
             failure: None,
         };
         self.send_with_retry(route, target.sink, message).await

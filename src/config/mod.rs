@@ -27,7 +27,8 @@ pub use route::{
 };
 pub use sink::{
     is_secret_property, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig, MqttAuthMode,
-    MqttSinkConfig, MqttUrl, MqttVersion, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
+    MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl, RocketMqSinkConfig,
+    SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{AmqpUrl, BackoffConfig, SourceConfig, SourceKind};
 pub use values::{HumanDuration, Secret, SinkName};

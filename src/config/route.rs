@@ -179,6 +179,16 @@ pub struct TargetConfig {
     /// `topic`, `messageId` and `generateTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersMode>,
+    /// RocketMQ tag template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// RocketMQ key templates (a filled key containing spaces gives several keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// RocketMQ user properties: `all` copies every application property; by
+    /// default only `topic`, `messageId` and `generateTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<HeadersMode>,
 }
 
 /// Which application properties travel as record headers.
@@ -202,6 +212,26 @@ struct RawTarget {
     key: Option<String>,
     #[serde(default)]
     headers: Option<HeadersMode>,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    keys: Vec<String>,
+    #[serde(default)]
+    properties: Option<HeadersMode>,
+}
+
+/// A single template or a list of them.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl TryFrom<RawTarget> for TargetConfig {
@@ -219,7 +249,26 @@ impl TryFrom<RawTarget> for TargetConfig {
                 return Err(format!("qos {qos} out of range 0..=2"));
             }
         }
-        for template in raw.topic.iter().chain(raw.key.iter()) {
+        let rocketmq_only = [
+            ("tag", raw.tag.is_some()),
+            ("keys", !raw.keys.is_empty()),
+            ("properties", raw.properties.is_some()),
+        ];
+        if let Some((field, _)) = rocketmq_only.iter().find(|(_, set)| *set) {
+            if kind != "rocketmq" {
+                return Err(format!(
+                    "`{field}` is for RocketMQ targets; sink `{}` is {kind}",
+                    raw.sink
+                ));
+            }
+        }
+        for template in raw
+            .topic
+            .iter()
+            .chain(raw.key.iter())
+            .chain(raw.tag.iter())
+            .chain(raw.keys.iter())
+        {
             crate::route::Template::parse(template)?;
         }
         Ok(TargetConfig {
@@ -229,6 +278,9 @@ impl TryFrom<RawTarget> for TargetConfig {
             retain: raw.retain,
             key: raw.key,
             headers: raw.headers,
+            tag: raw.tag,
+            keys: raw.keys,
+            properties: raw.properties,
         })
     }
 }

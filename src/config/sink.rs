@@ -12,7 +12,7 @@ use super::values::{known_sink_kind, parse_str_with, HumanDuration, Secret};
 use super::TlsConfig;
 
 /// The sink kinds this build knows, as written in `kind:`.
-pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "file", "stdout"];
+pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "rocketmq", "file", "stdout"];
 
 /// One named sink.
 #[derive(Clone, Debug, Serialize)]
@@ -20,6 +20,7 @@ pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "file", "stdout"];
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     Kafka(KafkaSinkConfig),
+    RocketMq(RocketMqSinkConfig),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
 }
@@ -30,13 +31,14 @@ impl SinkConfig {
         match self {
             SinkConfig::Mqtt(_) => "mqtt",
             SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::RocketMq(_) => "rocketmq",
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
         }
     }
     /// True for sinks whose targets must name a destination topic.
     pub fn needs_topic(kind: &str) -> bool {
-        kind == "mqtt" || kind == "kafka"
+        matches!(kind, "mqtt" | "kafka" | "rocketmq")
     }
 }
 
@@ -280,6 +282,104 @@ pub fn is_secret_property(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// An Apache RocketMQ 4.x/5.x cluster or an Alibaba Cloud RocketMQ instance,
+/// over the remoting protocol (name server + broker ports).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RocketMqSinkConfig {
+    pub kind: String,
+    /// Name servers, `host:port`: a list, or one string separated by `;`.
+    #[serde(deserialize_with = "name_servers")]
+    pub name_server: Vec<String>,
+    #[serde(default = "default_producer_group")]
+    pub producer_group: String,
+    /// Namespace or instance id (`MQ_INST_...`): topics and the producer group
+    /// are sent as `NAMESPACE%name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// How long one request waits for the broker's answer before it is retried.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: HumanDuration,
+    /// Signs every request as RocketMQ's ACL hook does (Alibaba Cloud needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<RocketMqAcl>,
+    /// TLS to name servers and brokers; present (even as `tls: {}`) means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// What a broker's "stored but not yet flushed or replicated" answer
+    /// (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE) counts as:
+    /// `retry` (default: the message is not durable yet) or `accept`.
+    #[serde(default)]
+    pub not_durable: NotDurablePolicy,
+    /// Largest body in bytes (the broker's default `maxMessageSize`); a bigger
+    /// one is dead-lettered without being sent.
+    #[serde(
+        default = "default_rocketmq_max_message_size",
+        deserialize_with = "rocketmq_message_size"
+    )]
+    pub max_message_size: usize,
+}
+
+/// RocketMQ ACL credentials.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RocketMqAcl {
+    pub access_key: String,
+    pub secret_key: Secret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_token: Option<Secret>,
+}
+
+/// See [`RocketMqSinkConfig::not_durable`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotDurablePolicy {
+    #[default]
+    Retry,
+    Accept,
+}
+
+fn default_producer_group() -> String {
+    "amqp-bridge".to_string()
+}
+fn default_send_timeout() -> HumanDuration {
+    HumanDuration::from_secs(3)
+}
+fn default_rocketmq_max_message_size() -> usize {
+    4 * 1024 * 1024
+}
+fn rocketmq_message_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    super::values::integer_in(d, 1, 1 << 30)
+}
+
+fn name_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let listed = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => text.split(';').map(str::to_string).collect(),
+        OneOrMany::Many(list) => list,
+    };
+    let servers: Vec<String> = listed
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let valid = |s: &String| {
+        s.rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    };
+    if servers.is_empty() || !servers.iter().all(valid) {
+        return Err(D::Error::custom(
+            "`name_server` needs one or more host:port (a list, or separated by `;`)",
+        ));
+    }
+    Ok(servers)
+}
+
 /// JSON lines appended to a file, fsynced before a message counts as delivered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -367,6 +467,7 @@ impl<'de> Visitor<'de> for SinksVisitor {
             let sink = match known_sink_kind(&name).as_deref() {
                 Some("mqtt") => SinkConfig::Mqtt(Box::new(map.next_value()?)),
                 Some("kafka") => SinkConfig::Kafka(map.next_value()?),
+                Some("rocketmq") => SinkConfig::RocketMq(map.next_value()?),
                 Some("file") => SinkConfig::File(map.next_value()?),
                 Some("stdout") => SinkConfig::Stdout(map.next_value()?),
                 Some(other) => {

@@ -23,8 +23,12 @@ pub struct Target {
     pub retain: bool,
     /// Kafka record key.
     pub key: Option<Template>,
-    /// Copy every application property as a header (Kafka).
+    /// Copy every application property as a header (Kafka) or user property (RocketMQ).
     pub all_headers: bool,
+    /// RocketMQ tag.
+    pub tag: Option<Template>,
+    /// RocketMQ keys.
+    pub keys: Vec<Template>,
 }
 
 /// A compiled route.
@@ -121,13 +125,28 @@ impl Router {
                     .map(Template::parse)
                     .transpose()
                     .map_err(invalid)?;
+                let tag = target
+                    .tag
+                    .as_deref()
+                    .map(Template::parse)
+                    .transpose()
+                    .map_err(invalid)?;
+                let keys = target
+                    .keys
+                    .iter()
+                    .map(|k| Template::parse(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(invalid)?;
                 targets.push(Target {
                     sink,
                     topic,
                     qos: target.qos.unwrap_or(1),
                     retain: target.retain.unwrap_or(false),
                     key,
-                    all_headers: target.headers == Some(crate::config::HeadersMode::All),
+                    all_headers: target.headers == Some(crate::config::HeadersMode::All)
+                        || target.properties == Some(crate::config::HeadersMode::All),
+                    tag,
+                    keys,
                 });
             }
             compiled.push(Route {

@@ -6,6 +6,8 @@ pub mod kafka;
 pub mod mqtt;
 pub mod mqtt_auth;
 pub mod record;
+#[cfg(feature = "rocketmq")]
+pub mod rocketmq;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -26,6 +28,10 @@ pub struct Outgoing {
     pub key: Option<String>,
     /// Copy every application property as a header, not only the platform's three.
     pub all_headers: bool,
+    /// RocketMQ tag.
+    pub tag: Option<String>,
+    /// RocketMQ keys.
+    pub keys: Vec<String>,
     /// Set when this copy is a dead letter: why the original target failed.
     pub failure: Option<Arc<Failure>>,
 }
@@ -77,6 +83,15 @@ pub fn build(
         )),
         crate::config::SinkConfig::Stdout(_) => Ok(Arc::new(stdout::StdoutSink::new(name))),
         crate::config::SinkConfig::Kafka(c) => Ok(Arc::new(kafka::KafkaSink::start(name, c)?)),
+        #[cfg(feature = "rocketmq")]
+        crate::config::SinkConfig::RocketMq(c) => {
+            Ok(Arc::new(rocketmq::RocketMqSink::start(name, c)?))
+        }
+        #[cfg(not(feature = "rocketmq"))]
+        crate::config::SinkConfig::RocketMq(_) => Err(SinkBuildError::Invalid {
+            name: name.to_string(),
+            message: "this build has no RocketMQ support (cargo feature `rocketmq`)".into(),
+        }),
     }
 }
 

@@ -56,6 +56,8 @@ mod tests {
             retain: false,
             key: None,
             all_headers: false,
+            tag: None,
+            keys: Vec::new(),
             failure: failure.map(Arc::new),
         }
     }
