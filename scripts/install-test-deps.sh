@@ -34,3 +34,13 @@ if ! command -v tansu >/dev/null 2>&1; then
   $SUDO ln -sf "$dir/bin/tansu" /usr/local/bin/tansu
 fi
 tansu --version
+
+# A RocketMQ name server and broker: rocketmq-rust 1.0.0, built once from
+# crates.io. A debug build takes about 9 minutes on 2 cores (release: about 40);
+# the tests only need it to be correct, not fast.
+installed() { command -v "$1" >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/$1" ]; }
+if ! installed rocketmq-namesrv-rust || ! installed rocketmq-broker-rust; then
+  echo "install-test-deps: building rocketmq-namesrv and rocketmq-broker 1.0.0 (once, about 10 minutes)"
+  cargo install rocketmq-namesrv@1.0.0 rocketmq-broker@1.0.0 --locked --debug --quiet
+fi
+echo "install-test-deps: RocketMQ name server and broker present"

@@ -314,3 +314,64 @@ fn kafka_sink_properties_with_secrets_are_redacted() {
     assert_eq!(line, 13);
     assert!(message.contains("brokers"), "{message}");
 }
+
+#[test]
+fn rocketmq_sink_defaults_acl_redaction_and_targets() {
+    let sink = "  rmq:\n    kind: rocketmq\n    name_server: \"10.0.0.1:9876;10.0.0.2:9876\"\n    namespace: MQ_INST_1\n    acl: { access_key: AKrmq, secret_key: rmq-secret-value, security_token: rmq-token-value }\n";
+    let route = "  - name: r\n    match: { topic: \"#\" }\n    to:\n      - { sink: rmq, topic: iot, tag: \"{productKey}\", keys: [\"{messageId}\", \"{deviceName}\"], properties: all }\n";
+    let text = BASE
+        .replace("  dl:\n", &format!("{sink}  dl:\n"))
+        .replace("dead_letter: dl\n", &format!("{route}dead_letter: dl\n"));
+    let config = parse(&text).unwrap();
+    let Some(amqp_bridge::config::SinkConfig::RocketMq(rmq)) = config.sinks.0.get("rmq") else {
+        panic!("rocketmq sink parsed");
+    };
+    assert_eq!(rmq.name_server, vec!["10.0.0.1:9876", "10.0.0.2:9876"]);
+    assert_eq!(rmq.producer_group, "amqp-bridge");
+    assert_eq!(rmq.send_timeout.0, std::time::Duration::from_secs(3));
+    assert_eq!(rmq.max_in_flight, 128);
+    assert_eq!(
+        rmq.not_durable,
+        amqp_bridge::config::NotDurablePolicy::Retry
+    );
+    let target = &config.routes.last().unwrap().to[0];
+    assert_eq!(target.tag.as_deref(), Some("{productKey}"));
+    assert_eq!(target.keys, vec!["{messageId}", "{deviceName}"]);
+    let printed = config.to_redacted_yaml();
+    for secret in ["rmq-secret-value", "rmq-token-value"] {
+        assert!(!printed.contains(secret), "{printed}");
+        assert!(!format!("{config:?}").contains(secret));
+    }
+    assert!(printed.contains("AKrmq"), "{printed}");
+}
+
+#[test]
+fn rocketmq_errors_name_their_line() {
+    // A name server without a port.
+    let text = BASE.replace(
+        "  dl:\n",
+        "  rmq:\n    kind: rocketmq\n    name_server: localhost\n  dl:\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.contains("name_server") && err.contains("host:port"),
+        "{err}"
+    );
+    // A tag on an MQTT target is a mistake, not silently ignored.
+    let (line, message) = error_with(
+        "      - { sink: out, topic: \"devices/{productKey}\" }",
+        "      - { sink: out, topic: \"devices/{productKey}\", tag: x }",
+    );
+    assert_eq!(line, 20);
+    assert!(
+        message.contains("`tag` is for RocketMQ targets"),
+        "{message}"
+    );
+    // not_durable takes retry or accept only.
+    let text = BASE.replace(
+        "  dl:\n",
+        "  rmq:\n    kind: rocketmq\n    name_server: 127.0.0.1:9876\n    not_durable: maybe\n  dl:\n",
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("line 16") || err.contains(":16:"), "{err}");
+}

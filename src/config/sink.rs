@@ -20,7 +20,7 @@ pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "rocketmq", "file", "stdout"]
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     Kafka(KafkaSinkConfig),
-    RocketMq(RocketMqSinkConfig),
+    RocketMq(Box<RocketMqSinkConfig>),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
 }
@@ -318,6 +318,13 @@ pub struct RocketMqSinkConfig {
         deserialize_with = "rocketmq_message_size"
     )]
     pub max_message_size: usize,
+    /// Sends awaiting the broker's answer at once; more wait their turn (and
+    /// hold the source back) rather than time out in the broker's queue.
+    #[serde(
+        default = "default_rocketmq_in_flight",
+        deserialize_with = "rocketmq_in_flight"
+    )]
+    pub max_in_flight: usize,
 }
 
 /// RocketMQ ACL credentials.
@@ -348,36 +355,61 @@ fn default_send_timeout() -> HumanDuration {
 fn default_rocketmq_max_message_size() -> usize {
     4 * 1024 * 1024
 }
+fn default_rocketmq_in_flight() -> usize {
+    128
+}
+fn rocketmq_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    super::values::integer_in(d, 1, 65_535)
+}
 fn rocketmq_message_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     super::values::integer_in(d, 1, 1 << 30)
 }
 
 fn name_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    d.deserialize_any(NameServersVisitor)
+}
+
+/// Reads `name_server` inside the parser, so a bad value is reported at its line.
+struct NameServersVisitor;
+
+impl NameServersVisitor {
+    fn checked<E: serde::de::Error>(listed: Vec<String>) -> Result<Vec<String>, E> {
+        let servers: Vec<String> = listed
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let valid = |s: &String| {
+            s.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        if servers.is_empty() || !servers.iter().all(valid) {
+            return Err(E::custom(
+                "`name_server` needs one or more host:port (a list, or separated by `;`)",
+            ));
+        }
+        Ok(servers)
     }
-    let listed = match OneOrMany::deserialize(d)? {
-        OneOrMany::One(text) => text.split(';').map(str::to_string).collect(),
-        OneOrMany::Many(list) => list,
-    };
-    let servers: Vec<String> = listed
-        .iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let valid = |s: &String| {
-        s.rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-    };
-    if servers.is_empty() || !servers.iter().all(valid) {
-        return Err(D::Error::custom(
-            "`name_server` needs one or more host:port (a list, or separated by `;`)",
-        ));
+}
+
+impl<'de> Visitor<'de> for NameServersVisitor {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("host:port, a list of them, or several separated by `;`")
     }
-    Ok(servers)
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+        Self::checked(v.split(';').map(str::to_string).collect())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut listed = Vec::new();
+        while let Some(server) = seq.next_element::<String>()? {
+            listed.push(server);
+        }
+        Self::checked(listed)
+    }
 }
 
 /// JSON lines appended to a file, fsynced before a message counts as delivered.
@@ -467,7 +499,7 @@ impl<'de> Visitor<'de> for SinksVisitor {
             let sink = match known_sink_kind(&name).as_deref() {
                 Some("mqtt") => SinkConfig::Mqtt(Box::new(map.next_value()?)),
                 Some("kafka") => SinkConfig::Kafka(map.next_value()?),
-                Some("rocketmq") => SinkConfig::RocketMq(map.next_value()?),
+                Some("rocketmq") => SinkConfig::RocketMq(Box::new(map.next_value()?)),
                 Some("file") => SinkConfig::File(map.next_value()?),
                 Some("stdout") => SinkConfig::Stdout(map.next_value()?),
                 Some(other) => {

@@ -3,6 +3,8 @@
 
 pub mod mosquitto;
 pub mod proxy;
+#[cfg(feature = "rocketmq")]
+pub mod rocketmq;
 pub mod subscriber;
 pub mod tansu;
 

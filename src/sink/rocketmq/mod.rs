@@ -64,6 +64,11 @@ struct Producer {
     acl: Option<AclCredentials>,
     pool: Pool,
     routes: Mutex<HashMap<String, CachedRoute>>,
+    /// One route request per topic at a time; the others wait for its answer.
+    route_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Sends awaiting the broker's answer; a full window holds the pipeline
+    /// back instead of queueing requests past their timeout.
+    window: tokio::sync::Semaphore,
     /// Topics that had a route once: if it vanishes, brokers are restarting
     /// (retry), the topic was not deleted by us.
     ever_routed: Mutex<HashSet<String>>,
@@ -109,6 +114,8 @@ impl RocketMqSink {
             }),
             pool: Pool::new(tls, config.send_timeout.0),
             routes: Mutex::default(),
+            route_fetches: Mutex::default(),
+            window: tokio::sync::Semaphore::new(config.max_in_flight),
             ever_routed: Mutex::default(),
             next_queue: AtomicUsize::new(0),
             unhealthy: Mutex::default(),
@@ -209,6 +216,7 @@ impl Producer {
             [("topic".to_string(), topic.to_string())].into(),
         );
         let response = self.ask_name_server(command).await?;
+        tracing::debug!(sink = %self.name, topic, code = response.code, "route asked");
         match response.code {
             response_code::SUCCESS => TopicRouteData::parse(&response.body)
                 .map(RouteAnswer::Found)
@@ -256,7 +264,17 @@ impl Producer {
     /// The writable queues of a topic: its own route, or the default topic's
     /// when the broker may auto-create it.
     async fn queues(&self, topic: &str) -> Result<Arc<Vec<MessageQueue>>, SinkError> {
+        if let Some((queues, true)) = self.cached(topic) {
+            return Ok(queues);
+        }
+        let fetch = Arc::clone(
+            lock(&self.route_fetches)
+                .entry(topic.to_string())
+                .or_default(),
+        );
+        let _only_fetch = fetch.lock().await;
         let stale = match self.cached(topic) {
+            // Another send fetched it while this one waited.
             Some((queues, true)) => return Ok(queues),
             Some((queues, false)) => Some(queues),
             None => None,
@@ -358,13 +376,21 @@ impl Producer {
         if let Some(acl) = &self.acl {
             sign(&mut request, acl);
         }
+        let _slot = self
+            .window
+            .acquire()
+            .await
+            .map_err(|_| SinkError::Transient("sink closed".into()))?;
         let answer = match self.pool.get(&queue.broker_addr).await {
             Ok(connection) => connection.request(request, self.timeout).await,
             Err(e) => Err(e),
         };
         let response = answer.map_err(|e| {
             self.mark_unhealthy(&queue.broker_addr);
-            self.invalidate(&topic);
+            if !matches!(e, RemotingError::Timeout { .. }) {
+                // The broker went away: it may be back elsewhere, or not at all.
+                self.invalidate(&topic);
+            }
             SinkError::Transient(e.to_string())
         })?;
         let outcome = classify(response.code, response.remark.as_deref(), self.not_durable);
@@ -445,6 +471,7 @@ impl Sink for RocketMqSink {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.probe.abort();
+            self.producer.window.close();
             self.producer.pool.close();
         })
     }

@@ -29,6 +29,8 @@ pub struct BrokerData {
 pub struct QueueData {
     pub broker_name: String,
     #[serde(default)]
+    pub read_queue_nums: u32,
+    #[serde(default)]
     pub write_queue_nums: u32,
     #[serde(default)]
     pub perm: u32,
