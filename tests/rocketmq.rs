@@ -378,3 +378,63 @@ dead_letter: dead
         "every signed copy stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_refuses_as_too_large_is_dead_lettered() {
+    let cluster = RocketMq::start_with(BrokerOptions {
+        max_message_size: Some(2048),
+        ..BrokerOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(4096);
+    let messages = messages_file(
+        dir.path(),
+        &[
+            ("/pk/small1/thing/event/property/post", "{\"n\":1}"),
+            ("/pk/big/thing/event/property/post", big.as_str()),
+            ("/pk/small2/thing/event/property/post", "{\"n\":2}"),
+        ],
+    );
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let source = source_yaml(&emulator, dir.path(), "bridge-rocketmq-large", "");
+    let dead = dir.path().join("dead.jsonl");
+    let config = parse(&format!(
+        r##"{source}sinks:
+  rmq: {{ kind: rocketmq, name_server: "{name_server}" }}
+  dead: {{ kind: file, path: "{dead}" }}
+routes:
+  - {{ name: sized, match: {{ topic: "#" }}, to: [ {{ sink: rmq, topic: iot_sized }} ] }}
+dead_letter: dead
+"##,
+        name_server = cluster.name_server(),
+        dead = dead.display()
+    ));
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (3, 0));
+    let letters = read_jsonl(&dead);
+    assert_eq!(letters.len(), 1, "only the big one is a dead letter");
+    let error = letters[0]["failure"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("code 13"),
+        "the broker's own refusal: {error}"
+    );
+    assert_eq!(letters[0]["body"].as_str().map(str::len), Some(4096));
+    let stored = pull_all(
+        &cluster.name_server(),
+        None,
+        "iot_sized",
+        "*",
+        |m| m.len() >= 2,
+        30,
+    )
+    .await;
+    let mut devices: Vec<&str> = stored
+        .iter()
+        .map(|m| m.properties["topic"].split('/').nth(2).unwrap())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, ["small1", "small2"]);
+}

@@ -44,6 +44,8 @@ pub struct BrokerOptions {
     pub no_auto_create: bool,
     /// Require ACL signatures from this `access_key:secret_key`.
     pub acl_user: Option<(String, String)>,
+    /// The broker's `maxMessageSize`, when not its default (4 MiB).
+    pub max_message_size: Option<usize>,
 }
 
 /// A port `p` with `p - 2` free as well (the broker's "fast" port).
@@ -162,12 +164,16 @@ haListenAddress = "127.0.0.1"
 haListenPort = {ha}
 storePathRootDir = "{store}"
 mappedFileSizeCommitLog = 67108864
-"#,
+{max_size}"#,
                 port = self.broker_port,
                 ha = self.ha_port,
                 auto = !self.options.no_auto_create,
                 store = store.display(),
                 auth_dir = self.dir.path().join("auth").display(),
+                max_size = self
+                    .options
+                    .max_message_size
+                    .map_or(String::new(), |n| format!("maxMessageSize = {n}\n")),
             ),
         )
         .unwrap();
