@@ -274,7 +274,7 @@ async fn missing_topic_without_auto_create_is_dead_lettered() {
     let dead = dir.path().join("dead.jsonl");
     let config = parse(&format!(
         r##"{source}sinks:
-  rmq: {{ kind: rocketmq, name_server: "{name_server}" }}
+  rmq: {{ kind: rocketmq, name_server: "{name_server}", topic_missing_grace: 2s }}
   dead: {{ kind: file, path: "{dead}" }}
 routes:
   - {{ name: missing, match: {{ topic: "#" }}, to: [ {{ sink: rmq, topic: no_such_topic }} ] }}
@@ -285,6 +285,8 @@ dead_letter: dead
     ));
     let bridge = Bridge::start(&config).await.unwrap();
     within(60, "all accepted", emulator.all_accepted()).await;
+    // Retried while the grace lasted, then dead-lettered.
+    assert!(bridge.stats().retries.load(Ordering::Relaxed) > 0);
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (50, 0));

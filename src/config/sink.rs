@@ -298,8 +298,17 @@ pub struct RocketMqSinkConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// How long one request waits for the broker's answer before it is retried.
-    #[serde(default = "default_send_timeout")]
+    #[serde(default = "default_send_timeout", deserialize_with = "send_timeout")]
     pub send_timeout: HumanDuration,
+    /// How long the name server must keep saying a topic does not exist (and
+    /// brokers do not auto-create it) before its messages are dead-lettered.
+    /// Brokers re-register every 30 s, so a shorter wait could take a
+    /// restarting broker's topic for a missing one.
+    #[serde(
+        default = "default_topic_missing_grace",
+        deserialize_with = "topic_missing_grace"
+    )]
+    pub topic_missing_grace: HumanDuration,
     /// Signs every request as RocketMQ's ACL hook does (Alibaba Cloud needs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<RocketMqAcl>,
@@ -361,8 +370,22 @@ fn default_rocketmq_in_flight() -> usize {
 fn rocketmq_in_flight<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     super::values::integer_in(d, 1, 65_535)
 }
+/// Below the 16 MiB frame limit of RocketMQ's remoting codec, with room for
+/// the header.
+pub const ROCKETMQ_MAX_MESSAGE_SIZE: usize = 15 * 1024 * 1024;
 fn rocketmq_message_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    super::values::integer_in(d, 1, 1 << 30)
+    super::values::integer_in(d, 1, ROCKETMQ_MAX_MESSAGE_SIZE)
+}
+fn send_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    use std::time::Duration;
+    super::values::duration_in(d, Duration::from_millis(100), Duration::from_secs(300))
+}
+fn default_topic_missing_grace() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn topic_missing_grace<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
+    use std::time::Duration;
+    super::values::duration_in(d, Duration::ZERO, Duration::from_secs(3600))
 }
 
 fn name_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -379,9 +402,16 @@ impl NameServersVisitor {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
+        if let Some(url) = servers.iter().find(|s| s.contains("://")) {
+            return Err(E::custom(format!(
+                "`name_server` takes host:port, not a URL (`{url}`); Alibaba Cloud's \
+                 http:// endpoint is for the HTTP client, use the instance's TCP endpoint"
+            )));
+        }
         let valid = |s: &String| {
-            s.rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            s.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+            })
         };
         if servers.is_empty() || !servers.iter().all(valid) {
             return Err(E::custom(

@@ -89,11 +89,9 @@ struct JsonHeaderOut<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonHeaderIn {
-    #[serde(default)]
+    // Required: a header without a code must not read as SUCCESS (0).
     code: i32,
-    #[serde(default)]
     opaque: i32,
-    #[serde(default)]
     flag: i32,
     #[serde(default)]
     remark: Option<String>,
@@ -308,6 +306,10 @@ mod tests {
             &b""[..],
             &[0, 0, 0, 9, b'{'][..],
             &[1, 0, 0, 3, 0, 1, 0][..],
+            &[
+                0, 0, 0, 19, b'{', b'"', b'f', b'l', b'a', b'g', b'"', b':', b'1', b',', b'"',
+                b'o', b'p', b'a', b'q', b'u', b'e', b'"', b':', b'1', b'}',
+            ][..],
         ] {
             assert!(Command::decode(Bytes::copy_from_slice(frame)).is_err());
         }

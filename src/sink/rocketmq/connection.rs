@@ -31,7 +31,7 @@ pub enum RemotingError {
 }
 
 /// Largest frame accepted from a server (route tables, not messages, come back).
-const MAX_FRAME: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// After a failed connect, requests to that address fail at once for this
 /// long instead of each waiting out its own connect attempt.
 const CONNECT_HOLD_OFF: Duration = Duration::from_millis(200);
@@ -68,26 +68,32 @@ impl Connection {
             addr: addr.to_string(),
             reason,
         };
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
-            .map_err(|e| connect_error(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Stream> = match tls {
-            None => Box::new(tcp),
-            Some(config) => {
-                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| connect_error(format!("bad TLS server name: {e}")))?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-                let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| connect_error("TLS handshake timed out".into()))?
-                    .map_err(|e| connect_error(format!("TLS: {e}")))?;
-                Box::new(tls)
-            }
+        // Connecting and the TLS handshake share one timeout.
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some(config) => {
+                    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                        .map_err(|e| connect_error(format!("bad TLS server name: {e}")))?;
+                    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+                    let tls = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| connect_error(format!("TLS: {e}")))?;
+                    Box::new(tls)
+                }
+            };
+            Ok::<_, RemotingError>(stream)
         };
+        let stream = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| connect_error(format!("timed out after {timeout:?}")))??;
         let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));

@@ -65,6 +65,13 @@ const RESERVED: &[&str] = &[
     "INNER_MULTI_DISPATCH",
     "INNER_MULTI_QUEUE_OFFSET",
     "TRACE_CONTEXT",
+    "TIMER_DELAY_LEVEL",
+    "BORN_TIMESTAMP",
+    "INNER_NUM",
+    "INNER_BASE",
+    "TRANSACTION_CHECK_TIMES",
+    "REDIRECT",
+    "PROPERTY_FORWARD_QUEUE_ID",
 ];
 
 /// What a reserved user property name is prefixed with.
@@ -86,7 +93,9 @@ pub const DEFAULT_TOPIC: &str = "TBW102";
 
 /// The name a user property travels under.
 pub fn property_name(name: &str) -> std::borrow::Cow<'_, str> {
-    if RESERVED.contains(&name) {
+    // `__` names are the broker's own (`__transactionId__`, `__BORNHOST`,
+    // `__RMQ.TRANSIENT.*`, which it drops).
+    if RESERVED.contains(&name) || name.starts_with("__") {
         format!("{RESERVED_PREFIX}{name}").into()
     } else {
         name.into()
@@ -304,6 +313,8 @@ mod tests {
         assert!(!props.contains_key("DELAY"));
         assert_eq!(props["amqp.DELAY"], "3");
         assert_eq!(props["odd"], "x\u{fffd}y");
+        assert_eq!(property_name("__RMQ.TRANSIENT.x"), "amqp.__RMQ.TRANSIENT.x");
+        assert_eq!(property_name("deviceName"), "deviceName");
         assert!(!props.contains_key("TAGS"));
         assert!(!props.contains_key("KEYS"));
     }

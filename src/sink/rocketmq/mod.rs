@@ -37,6 +37,11 @@ const ROUTE_TTL: Duration = Duration::from_secs(30);
 const BORROWED_ROUTE_TTL: Duration = Duration::from_secs(3);
 /// How long a broker that failed a send is skipped when another can take it.
 const UNHEALTHY_FOR: Duration = Duration::from_secs(1);
+/// After a failed route request, how long sends use what they have instead
+/// of asking the name servers again.
+const FETCH_HOLD_OFF: Duration = Duration::from_secs(1);
+/// Room for the request header in a frame (the properties are counted apart).
+const HEADER_ROOM: usize = 4096;
 
 /// A producer for one RocketMQ cluster.
 pub struct RocketMqSink {
@@ -70,8 +75,14 @@ struct Producer {
     /// back instead of queueing requests past their timeout.
     window: tokio::sync::Semaphore,
     /// Topics that had a route once: if it vanishes, brokers are restarting
-    /// (retry), the topic was not deleted by us.
+    /// or down (retry), the topic was not deleted by us.
     ever_routed: Mutex<HashSet<String>>,
+    /// Since when the name server has said a topic does not exist.
+    missing_since: Mutex<HashMap<String, Instant>>,
+    /// The last failed route request per topic: for a moment, sends use the
+    /// stale route (or fail at once) instead of each asking again.
+    fetch_failures: Mutex<HashMap<String, (Instant, String)>>,
+    topic_missing_grace: Duration,
     next_queue: AtomicUsize,
     unhealthy: Mutex<HashMap<String, Instant>>,
 }
@@ -117,6 +128,9 @@ impl RocketMqSink {
             route_fetches: Mutex::default(),
             window: tokio::sync::Semaphore::new(config.max_in_flight),
             ever_routed: Mutex::default(),
+            missing_since: Mutex::default(),
+            fetch_failures: Mutex::default(),
+            topic_missing_grace: config.topic_missing_grace.0,
             next_queue: AtomicUsize::new(0),
             unhealthy: Mutex::default(),
         });
@@ -279,8 +293,17 @@ impl Producer {
             Some((queues, false)) => Some(queues),
             None => None,
         };
+        let recent_failure = lock(&self.fetch_failures)
+            .get(topic)
+            .filter(|(at, _)| at.elapsed() < FETCH_HOLD_OFF)
+            .map(|(_, error)| error.clone());
+        if let Some(error) = recent_failure {
+            return stale.ok_or(SinkError::Transient(error));
+        }
         let fetched = match self.fetch_route(topic).await {
             Ok(RouteAnswer::Found(route)) => {
+                lock(&self.fetch_failures).remove(topic);
+                lock(&self.missing_since).remove(topic);
                 let queues = route.writable_queues(None);
                 if queues.is_empty() {
                     return Err(SinkError::Transient(format!(
@@ -290,8 +313,14 @@ impl Producer {
                 lock(&self.ever_routed).insert(topic.to_string());
                 return Ok(self.remember(topic, queues, ROUTE_TTL));
             }
-            Ok(RouteAnswer::NotFound) => self.borrowed_route(topic).await,
-            Err(e) => Err(SinkError::Transient(e)),
+            Ok(RouteAnswer::NotFound) => {
+                lock(&self.fetch_failures).remove(topic);
+                self.borrowed_route(topic).await
+            }
+            Err(e) => {
+                lock(&self.fetch_failures).insert(topic.to_string(), (Instant::now(), e.clone()));
+                Err(SinkError::Transient(e))
+            }
         };
         match (fetched, stale) {
             // The name server cannot be asked: keep using what it said last.
@@ -322,9 +351,21 @@ impl Producer {
             Ok(0) | Err(_) => Err(SinkError::Transient(format!(
                 "no route for topic `{topic}` and no broker registered at the name server yet"
             ))),
-            Ok(_) => Err(SinkError::Permanent(format!(
-                "topic `{topic}` does not exist and the brokers do not create topics automatically"
-            ))),
+            Ok(_) => {
+                let since = *lock(&self.missing_since)
+                    .entry(topic.to_string())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() >= self.topic_missing_grace {
+                    Err(SinkError::Permanent(format!(
+                        "topic `{topic}` does not exist and the brokers do not create topics automatically"
+                    )))
+                } else {
+                    Err(SinkError::Transient(format!(
+                        "topic `{topic}` not found at the name server (for {:?}; dead-lettered after topic_missing_grace)",
+                        since.elapsed()
+                    )))
+                }
+            }
         }
     }
 
@@ -376,6 +417,19 @@ impl Producer {
         if let Some(acl) = &self.acl {
             sign(&mut request, acl);
         }
+        let frame_size = request.body.len()
+            + request
+                .ext_fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + HEADER_ROOM;
+        if frame_size > connection::MAX_FRAME {
+            return Err(SinkError::Permanent(format!(
+                "message with its properties ({frame_size} bytes) exceeds the remoting frame limit of {} bytes",
+                connection::MAX_FRAME
+            )));
+        }
         let _slot = self
             .window
             .acquire()
@@ -394,12 +448,13 @@ impl Producer {
             SinkError::Transient(e.to_string())
         })?;
         let outcome = classify(response.code, response.remark.as_deref(), self.not_durable);
-        match &outcome {
-            Err(SinkError::Transient(_)) => self.mark_unhealthy(&queue.broker_addr),
-            Err(SinkError::Permanent(_)) if response.code == response_code::TOPIC_NOT_EXIST => {
-                self.invalidate(&topic)
-            }
-            _ => {}
+        if outcome.is_err() {
+            self.mark_unhealthy(&queue.broker_addr);
+        }
+        if response.code == response_code::TOPIC_NOT_EXIST {
+            // The route was out of date (a borrowed or stale one): ask again,
+            // and let the name server's answer decide whether it is missing.
+            self.invalidate(&topic);
         }
         outcome.map_err(|e| match e {
             SinkError::Transient(m) => {
@@ -433,10 +488,17 @@ pub fn classify(
                 "stored but not durable yet (not_durable: retry)",
             ))),
         },
-        TOPIC_NOT_EXIST => Err(SinkError::Permanent(say("topic does not exist"))),
+        // A broker says so when the route was stale (a slave not synced yet, a
+        // borrowed default-topic route); the name server decides "missing".
+        TOPIC_NOT_EXIST => Err(SinkError::Transient(say("topic not on this broker"))),
         MESSAGE_ILLEGAL => Err(SinkError::Permanent(say(
             "message refused as illegal or too large",
         ))),
+        // A broker whose writes were switched off for maintenance says
+        // "sending message is forbidden"; that passes. Refused credentials do not.
+        NO_PERMISSION if remark.contains("forbidden") => {
+            Err(SinkError::Transient(say("broker not writable")))
+        }
         NO_PERMISSION => Err(SinkError::Permanent(say("no permission"))),
         REQUEST_CODE_NOT_SUPPORTED | VERSION_NOT_SUPPORTED => Err(SinkError::Permanent(say(
             "request not supported by the broker",
@@ -495,13 +557,21 @@ mod tests {
 
     #[test]
     fn permanent_and_transient_codes() {
-        for code in [13, 16, 17] {
+        for code in [13, 16] {
             assert!(matches!(
                 classify(code, Some("x"), NotDurablePolicy::Retry),
                 Err(SinkError::Permanent(_))
             ));
         }
-        for code in [1, 2, 14, 25] {
+        assert!(matches!(
+            classify(
+                16,
+                Some("the broker[b] sending message is forbidden"),
+                NotDurablePolicy::Retry
+            ),
+            Err(SinkError::Transient(_))
+        ));
+        for code in [1, 2, 14, 17, 25] {
             assert!(matches!(
                 classify(code, None, NotDurablePolicy::Retry),
                 Err(SinkError::Transient(_))

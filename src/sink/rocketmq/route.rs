@@ -38,6 +38,8 @@ pub struct QueueData {
 
 /// `perm` bit: the queues take writes.
 const PERM_WRITE: u32 = 0b010;
+/// More write queues than any real topic has; a larger count is corrupt.
+const MAX_QUEUES: u32 = 1024;
 /// The master's id in `brokerAddrs`.
 const MASTER_ID: &str = "0";
 
@@ -74,7 +76,10 @@ impl TopicRouteData {
             else {
                 continue;
             };
-            let count = limit.map_or(data.write_queue_nums, |l| data.write_queue_nums.min(l));
+            let count = limit
+                .unwrap_or(MAX_QUEUES)
+                .min(data.write_queue_nums)
+                .min(MAX_QUEUES);
             queues.extend((0..count).map(|queue_id| MessageQueue {
                 broker_name: data.broker_name.clone(),
                 broker_addr: addr.clone(),
@@ -100,6 +105,8 @@ pub fn parse_lenient<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, S
 fn quote_integer_keys(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let mut chars = text.chars().peekable();
+    // Open brackets outside strings, innermost last.
+    let mut open = Vec::new();
     let mut in_string = false;
     let mut escaped = false;
     let mut expect_key = false;
@@ -135,40 +142,20 @@ fn quote_integer_keys(text: &str) -> String {
                 in_string = true;
                 expect_key = false;
             }
-            '{' => expect_key = true,
-            ',' => expect_key = matches!(last_open(&out), Some('{')),
+            '{' | '[' => {
+                open.push(c);
+                expect_key = c == '{';
+            }
+            '}' | ']' => {
+                open.pop();
+                expect_key = false;
+            }
+            ',' => expect_key = open.last() == Some(&'{'),
             c if c.is_whitespace() => {}
             _ => expect_key = false,
         }
     }
     out
-}
-
-/// The innermost unclosed bracket of `text` (outside strings).
-fn last_open(text: &str) -> Option<char> {
-    let mut stack = Vec::new();
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '{' | '[' => stack.push(c),
-            '}' | ']' => {
-                stack.pop();
-            }
-            _ => {}
-        }
-    }
-    stack.last().copied()
 }
 
 #[cfg(test)]
@@ -202,6 +189,13 @@ mod tests {
         // The look-alike inside a string is left as it was.
         assert_eq!(route.broker_datas[0].broker_name, "b,0:x");
         assert_eq!(route.writable_queues(None).len(), 8);
+    }
+
+    #[test]
+    fn corrupt_queue_counts_are_capped() {
+        let text = STANDARD.replace(r#""writeQueueNums":4"#, r#""writeQueueNums":4000000000"#);
+        let route = TopicRouteData::parse(text.as_bytes()).unwrap();
+        assert_eq!(route.writable_queues(None).len(), 1024);
     }
 
     #[test]
