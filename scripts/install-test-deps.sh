@@ -36,11 +36,18 @@ fi
 tansu --version
 
 # A RocketMQ name server and broker: rocketmq-rust 1.0.0, built once from
-# crates.io. A debug build takes about 9 minutes on 2 cores (release: about 40);
-# the tests only need it to be correct, not fast.
-installed() { command -v "$1" >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/$1" ]; }
-if ! installed rocketmq-namesrv-rust || ! installed rocketmq-broker-rust; then
-  echo "install-test-deps: building rocketmq-namesrv and rocketmq-broker 1.0.0 (once, about 10 minutes)"
-  cargo install rocketmq-namesrv@1.0.0 rocketmq-broker@1.0.0 --locked --debug --quiet
+# crates.io (debug: about 9 minutes on 2 cores; release: about 40 — the tests
+# only need it correct). The broker is built with TLS (the `tls` feature; the
+# name server has it by default) for the TLS test.
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+installed() { command -v "$1" >/dev/null 2>&1 || [ -x "$cargo_home/bin/$1" ]; }
+if ! installed rocketmq-namesrv-rust; then
+  echo "install-test-deps: building rocketmq-namesrv 1.0.0 (once, a few minutes)"
+  cargo install rocketmq-namesrv@1.0.0 --locked --debug --quiet
+fi
+if ! installed rocketmq-broker-rust \
+  || ! grep -Eq '"rocketmq-broker 1\.0\.0 [^}]*"features":\["tls"\]' "$cargo_home/.crates2.json" 2>/dev/null; then
+  echo "install-test-deps: building rocketmq-broker 1.0.0 with TLS (once, about 8 minutes)"
+  cargo install rocketmq-broker@1.0.0 --locked --debug --features tls --quiet
 fi
 echo "install-test-deps: RocketMQ name server and broker present"

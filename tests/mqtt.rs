@@ -151,35 +151,13 @@ dead_letter: dead
     assert!(error.contains("max_packet_size 300"), "{error}");
 }
 
-/// A CA and a `localhost` server certificate as PEM files in `dir`; returns the CA path.
-fn make_certs(dir: &Path) -> std::path::PathBuf {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for f in ["ca.crt", "server.crt", "server.key"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    dir.join("ca.crt")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_test_ca_and_password_login() {
     const N: u64 = 500;
     let tls_port = common::mosquitto::free_port();
     let mut ca_path = None;
     let broker = Mosquitto::start_with(|dir| {
-        ca_path = Some(make_certs(dir));
+        ca_path = Some(common::make_certs(dir));
         let passwords = common::mosquitto::password_file(dir, "bridge", "tls-password");
         format!(
             "allow_anonymous false\npassword_file {pw}\nlistener {tls_port} 127.0.0.1\n\

@@ -71,6 +71,7 @@ routes:
     let all = pull_all(
         &cluster.name_server(),
         None,
+        None,
         "iot_all",
         "*",
         distinct_ids(N as usize),
@@ -109,6 +110,7 @@ routes:
     let (product, expected) = per_tag.iter().max_by_key(|(_, n)| **n).unwrap();
     let filtered = pull_all(
         &cluster.name_server(),
+        None,
         None,
         "iot_all",
         product,
@@ -161,6 +163,7 @@ routes:
     assert_eq!((stats.accepted, stats.outstanding), (20, 0));
     let all = pull_all(
         &cluster.name_server(),
+        None,
         None,
         "iot_props",
         "*",
@@ -248,6 +251,7 @@ retry: {{ initial: 50ms, max: 500ms }}
     // (NOTES.md); the consumer counts exactly what it can read.
     let readable = pull_all(
         &cluster.name_server(),
+        None,
         None,
         "iot_restart",
         "*",
@@ -368,6 +372,7 @@ dead_letter: dead
     let all = pull_all(
         &cluster.name_server(),
         Some(&credentials),
+        None,
         "iot_acl",
         "*",
         distinct_ids(N as usize),
@@ -427,6 +432,7 @@ dead_letter: dead
     let stored = pull_all(
         &cluster.name_server(),
         None,
+        None,
         "iot_sized",
         "*",
         |m| m.len() >= 2,
@@ -439,4 +445,75 @@ dead_letter: dead
         .collect();
     devices.sort();
     assert_eq!(devices, ["small1", "small2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_name_server_and_broker_with_a_verified_certificate() {
+    const N: u64 = 300;
+    let cluster = RocketMq::start_with(BrokerOptions {
+        tls: true,
+        ..BrokerOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // The broker takes TLS only; the name server also takes plain TCP, so
+    // first show the sink verifies: trusting another CA, it never gets ready.
+    let other_ca = tempfile::tempdir().unwrap();
+    let untrusted = parse(&format!(
+        r##"{source}sinks:
+  rmq: {{ kind: rocketmq, name_server: "{name_server}", tls: {{ ca_file: "{ca}" }} }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: rmq, topic: iot_tls }} ] }}
+"##,
+        source = "source: { kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, access_key_secret: b, consumer_group_id: g, client_id: c }\n",
+        name_server = cluster.name_server(),
+        ca = common::make_certs(other_ca.path()).display()
+    ));
+    let amqp_bridge::config::SinkConfig::RocketMq(untrusted) = &untrusted.sinks.0["rmq"] else {
+        panic!("rocketmq sink");
+    };
+    let sink = amqp_bridge::sink::build(
+        "rmq",
+        &amqp_bridge::config::SinkConfig::RocketMq(untrusted.clone()),
+    )
+    .unwrap();
+    let ready = tokio::time::timeout(Duration::from_secs(2), sink.ready()).await;
+    assert!(
+        ready.is_err(),
+        "a sink that cannot verify the server never gets ready"
+    );
+    sink.close().await;
+
+    let emulator = emulator(|c| c.count = N).await;
+    let source = source_yaml(&emulator, dir.path(), "bridge-rocketmq-tls", "");
+    let config = parse(&format!(
+        r##"{source}sinks:
+  rmq: {{ kind: rocketmq, name_server: "{name_server}", tls: {{ ca_file: "{ca}" }} }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: rmq, topic: iot_tls, keys: "{{messageId}}" }} ] }}
+"##,
+        name_server = cluster.name_server(),
+        ca = cluster.ca_file().display()
+    ));
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    // The broker refuses plain TCP, so the reader speaks TLS too.
+    let tls = amqp_bridge::tls::client_config(Some(&cluster.ca_file()), None).unwrap();
+    let all = pull_all(
+        &cluster.name_server(),
+        None,
+        Some(&tls),
+        "iot_tls",
+        "*",
+        distinct_ids(N as usize),
+        60,
+    )
+    .await;
+    assert_eq!(
+        copies_by_id(&all).len() as u64,
+        N,
+        "every copy sent over TLS stored"
+    );
 }

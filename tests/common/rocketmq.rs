@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqp_bridge::sink::rocketmq::{
@@ -46,6 +47,10 @@ pub struct BrokerOptions {
     pub acl_user: Option<(String, String)>,
     /// The broker's `maxMessageSize`, when not its default (4 MiB).
     pub max_message_size: Option<usize>,
+    /// Serve TLS with a certificate from a test CA (see `ca_file`): the
+    /// broker only TLS (enforcing), the name server TLS and plain TCP
+    /// (permissive; the broker registers over plain TCP).
+    pub tls: bool,
 }
 
 /// A port `p` with `p - 2` free as well (the broker's "fast" port).
@@ -91,6 +96,20 @@ impl RocketMq {
     /// Name server and broker configured by `options`.
     pub fn start_with(options: BrokerOptions) -> RocketMq {
         let dir = tempfile::tempdir().unwrap();
+        if options.tls {
+            super::make_certs(dir.path());
+            // The name server reads TLS settings from its stored properties.
+            let stored = dir.path().join("rocketmq-namesrv");
+            std::fs::create_dir_all(&stored).unwrap();
+            std::fs::write(
+                stored.join("rocketmq-namesrv.properties"),
+                format!(
+                    "tls.enable=true\ntls.server.mode=permissive\ntls.server.certPath={0}/server.crt\ntls.server.keyPath={0}/server.key\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+        }
         let name_server_port = super::mosquitto::free_port();
         let mut command = Command::new(binary("rocketmq-namesrv-rust"));
         command
@@ -121,6 +140,11 @@ impl RocketMq {
         cluster
     }
 
+    /// The CA that signed the TLS certificate (with `tls: true`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     /// `host:port` of the name server, for `name_server:`.
     pub fn name_server(&self) -> String {
         format!("127.0.0.1:{}", self.name_server_port)
@@ -135,6 +159,14 @@ impl RocketMq {
     pub fn start_broker(&mut self) {
         let config = self.dir.path().join("broker.toml");
         let store = self.store();
+        let tls = if self.options.tls {
+            format!(
+                "\n[broker.brokerServerConfig.tlsConfig]\nenable = true\n\n[broker.brokerServerConfig.tlsConfig.server]\nmode = \"enforcing\"\ncertPath = \"{0}/server.crt\"\nkeyPath = \"{0}/server.key\"\n",
+                self.dir.path().display()
+            )
+        } else {
+            String::new()
+        };
         let auth = match &self.options.acl_user {
             None => String::new(),
             Some((user, secret)) => format!(
@@ -158,7 +190,7 @@ brokerId = 0
 
 [broker.brokerServerConfig]
 bindAddress = "127.0.0.1"
-
+{tls}
 [store]
 haListenAddress = "127.0.0.1"
 haListenPort = {ha}
@@ -309,6 +341,7 @@ const FLAG_SUBSCRIPTION: i32 = 4;
 pub async fn pull_all(
     name_server: &str,
     acl: Option<&AclCredentials>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     topic: &str,
     subscription: &str,
     done: impl Fn(&[Pulled]) -> bool,
@@ -319,7 +352,7 @@ pub async fn pull_all(
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut pulled = Vec::new();
     loop {
-        let route = route(name_server, topic, timeout).await;
+        let route = route(name_server, tls, topic, timeout).await;
         let mut drained = true;
         for queue in &route.queue_datas {
             let Some(addr) = route
@@ -330,7 +363,7 @@ pub async fn pull_all(
             else {
                 continue;
             };
-            let connection = match Connection::open(addr, None, timeout).await {
+            let connection = match Connection::open(addr, tls, timeout).await {
                 Ok(c) => c,
                 Err(_) => {
                     drained = false;
@@ -407,8 +440,13 @@ pub async fn pull_all(
     }
 }
 
-async fn route(name_server: &str, topic: &str, timeout: Duration) -> TopicRouteData {
-    let connection = Connection::open(name_server, None, timeout)
+async fn route(
+    name_server: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    topic: &str,
+    timeout: Duration,
+) -> TopicRouteData {
+    let connection = Connection::open(name_server, tls, timeout)
         .await
         .expect("name server reachable");
     let response = connection
