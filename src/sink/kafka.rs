@@ -114,11 +114,20 @@ fn replace_fatal(
     }
 }
 
-/// Record headers: the platform's three properties, or all with `headers: all`.
+/// Record headers: the platform's three properties, or all with `headers: all`;
+/// a dead letter adds why it failed.
 fn headers(message: &Outgoing) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     for (key, value) in &message.envelope.properties {
         if message.all_headers || matches!(key.as_str(), "topic" | "messageId" | "generateTime") {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+    }
+    if let Some(failure) = &message.failure {
+        for (key, value) in failure.as_properties() {
             headers = headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),
@@ -228,5 +237,47 @@ mod tests {
                 "{code:?}"
             );
         }
+    }
+
+    #[test]
+    fn dead_letters_carry_their_failure_as_headers() {
+        use rdkafka::message::Headers;
+        let mut message = Outgoing {
+            envelope: std::sync::Arc::new(crate::envelope::Envelope {
+                body: bytes::Bytes::from_static(b"{}"),
+                properties: vec![
+                    ("topic".into(), "/p/d/x".into()),
+                    ("other".into(), "o".into()),
+                ],
+            }),
+            topic: Some("dead".into()),
+            qos: 1,
+            retain: false,
+            key: None,
+            all_headers: false,
+            tag: None,
+            keys: Vec::new(),
+            failure: None,
+        };
+        let names =
+            |h: &OwnedHeaders| -> Vec<String> { h.iter().map(|h| h.key.to_string()).collect() };
+        assert_eq!(names(&headers(&message)), ["topic"]);
+        message.failure = Some(std::sync::Arc::new(crate::sink::Failure {
+            route: "r".into(),
+            sink: "s".into(),
+            error: "too large".into(),
+        }));
+        let with_failure = headers(&message);
+        assert_eq!(
+            names(&with_failure),
+            [
+                "topic",
+                "deadLetterRoute",
+                "deadLetterSink",
+                "deadLetterError"
+            ]
+        );
+        let error = with_failure.iter().last().and_then(|h| h.value);
+        assert_eq!(error, Some(&b"too large"[..]));
     }
 }

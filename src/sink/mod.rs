@@ -44,6 +44,18 @@ pub struct Failure {
     pub error: String,
 }
 
+impl Failure {
+    /// The failure as name/value pairs, for sinks that carry it as record
+    /// headers or message properties rather than inside a JSON record.
+    pub fn as_properties(&self) -> [(&'static str, &str); 3] {
+        [
+            ("deadLetterRoute", self.route.as_str()),
+            ("deadLetterSink", self.sink.as_str()),
+            ("deadLetterError", self.error.as_str()),
+        ]
+    }
+}
+
 /// Why a send failed, and so what the pipeline does next.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {

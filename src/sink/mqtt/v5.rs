@@ -22,10 +22,19 @@ pub(super) fn qos(level: u8) -> QoS {
     }
 }
 
-/// Every application property of the source message as a user property.
+/// Every application property of the source message as a user property;
+/// a dead letter adds why it failed.
 pub(super) fn properties(message: &Message) -> PublishProperties {
+    let mut user_properties = message.envelope.properties.clone();
+    if let Some(failure) = &message.failure {
+        user_properties.extend(
+            failure
+                .as_properties()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+    }
     PublishProperties {
-        user_properties: message.envelope.properties.clone(),
+        user_properties,
         ..Default::default()
     }
 }
@@ -135,5 +144,38 @@ impl EventSource for Events {
         self.0.pending.clear();
         self.0.state.events.clear();
         self.0.state.collision = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn dead_letters_carry_their_failure_as_user_properties() {
+        let message = Message {
+            envelope: Arc::new(crate::envelope::Envelope {
+                body: bytes::Bytes::from_static(b"{}"),
+                properties: vec![("messageId".into(), "42".into())],
+            }),
+            topic: Some("dead".into()),
+            qos: 1,
+            retain: false,
+            key: None,
+            all_headers: true,
+            tag: None,
+            keys: Vec::new(),
+            failure: Some(Arc::new(crate::sink::Failure {
+                route: "r".into(),
+                sink: "s".into(),
+                error: "not authorized".into(),
+            })),
+        };
+        let props = properties(&message).user_properties;
+        assert_eq!(props[0], ("messageId".to_string(), "42".to_string()));
+        assert!(props.contains(&("deadLetterError".to_string(), "not authorized".to_string())));
+        assert!(props.contains(&("deadLetterRoute".to_string(), "r".to_string())));
     }
 }

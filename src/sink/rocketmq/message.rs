@@ -129,9 +129,9 @@ pub fn properties(
         }
     }
     if let Some(failure) = &message.failure {
-        props.insert("deadLetterRoute".into(), clean(&failure.route).into_owned());
-        props.insert("deadLetterSink".into(), clean(&failure.sink).into_owned());
-        props.insert("deadLetterError".into(), clean(&failure.error).into_owned());
+        for (name, value) in failure.as_properties() {
+            props.insert(name.into(), clean(value).into_owned());
+        }
     }
     if let Some(tag) = tag.filter(|t| !t.is_empty()) {
         props.insert("TAGS".into(), clean(tag).into_owned());
