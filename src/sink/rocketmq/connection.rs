@@ -6,7 +6,7 @@
 //! and the next request to that address connects again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,14 @@ pub struct Connection {
     pending: Pending,
     next_opaque: AtomicI32,
     closed: Arc<AtomicBool>,
+    /// Requests in a row that got no answer in time; at
+    /// [`TIMEOUTS_BEFORE_RECONNECT`] the connection counts as dead (a
+    /// half-open socket would otherwise last until the kernel gives up).
+    timeouts_in_a_row: AtomicU32,
 }
+
+/// See [`Connection::timeouts_in_a_row`].
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 impl Connection {
     /// Connects (TLS when `tls` is set) and starts the reader and writer tasks.
@@ -115,6 +122,7 @@ impl Connection {
             pending,
             next_opaque: AtomicI32::new(1),
             closed,
+            timeouts_in_a_row: AtomicU32::new(0),
         })
     }
 
@@ -148,12 +156,25 @@ impl Connection {
             self.outbound.send(command).await.map_err(|_| lost())?;
             rx.await.map_err(|_| lost())
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| RemotingError::Timeout {
-                addr: self.addr.clone(),
-                timeout,
-            })?
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => {
+                if answer.is_ok() {
+                    self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                }
+                answer
+            }
+            Err(_) => {
+                let count = self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if count >= TIMEOUTS_BEFORE_RECONNECT {
+                    tracing::warn!(addr = %self.addr, count, "no answers on this connection; opening a new one");
+                    self.closed.store(true, Ordering::Release);
+                }
+                Err(RemotingError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout,
+                })
+            }
+        }
     }
 }
 
@@ -297,5 +318,63 @@ impl Pool {
     /// Closes every connection.
     pub fn close(&self) {
         lock(&self.slots).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts and then never answers, like a half-open peer.
+    async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_answers_is_replaced() {
+        let (addr, server) = silent_server().await;
+        let pool = Pool::new(None, Duration::from_secs(1));
+        let first = pool.get(&addr).await.unwrap();
+        for i in 1..=TIMEOUTS_BEFORE_RECONNECT {
+            let answer = first
+                .request(
+                    Command::request(105, Default::default()),
+                    Duration::from_millis(20),
+                )
+                .await;
+            assert!(matches!(answer, Err(RemotingError::Timeout { .. })));
+            assert_eq!(
+                first.is_closed(),
+                i == TIMEOUTS_BEFORE_RECONNECT,
+                "after {i} timeouts"
+            );
+        }
+        let second = pool.get(&addr).await.unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the pool opened a new connection"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_fails_fast_for_a_moment() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let pool = Pool::new(None, Duration::from_secs(1));
+        let first = pool.get(&addr).await.err().unwrap();
+        assert!(matches!(first, RemotingError::Connect { .. }));
+        // Within the hold-off the same error comes back without a new attempt.
+        assert_eq!(pool.get(&addr).await.err(), Some(first));
     }
 }
