@@ -57,12 +57,11 @@ routes:
         name_server = cluster.name_server()
     ));
     let started = std::time::Instant::now();
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(300, "all accepted", emulator.all_accepted()).await;
-    eprintln!("rocketmq: {N} messages accepted in {:?}", started.elapsed());
-    let retries = bridge.stats().retries.load(Ordering::Relaxed);
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (stats, retries) = run_until_all_accepted(&config, emulator, 300).await;
+    eprintln!(
+        "rocketmq: {N} messages accepted and shut down in {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         (stats.accepted, stats.outstanding, stats.redelivered),
         (N, 0, 0)
@@ -156,10 +155,7 @@ routes:
 "##,
         name_server = cluster.name_server()
     ));
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(60, "all accepted", emulator.all_accepted()).await;
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (stats, _) = run_until_all_accepted(&config, emulator, 60).await;
     assert_eq!((stats.accepted, stats.outstanding), (20, 0));
     let all = pull_all(
         &cluster.name_server(),
@@ -287,12 +283,9 @@ dead_letter: dead
         name_server = cluster.name_server(),
         dead = dead.display()
     ));
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(60, "all accepted", emulator.all_accepted()).await;
+    let (stats, retries) = run_until_all_accepted(&config, emulator, 60).await;
     // Retried while the grace lasted, then dead-lettered.
-    assert!(bridge.stats().retries.load(Ordering::Relaxed) > 0);
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    assert!(retries > 0);
     assert_eq!((stats.accepted, stats.outstanding), (50, 0));
     let letters = read_jsonl(&dead);
     assert_eq!(letters.len(), 50, "every message dead-lettered");
@@ -340,10 +333,7 @@ dead_letter: dead
         name_server = cluster.name_server(),
         dead = dead.display()
     ));
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(120, "all accepted", emulator.all_accepted()).await;
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (stats, _) = run_until_all_accepted(&config, emulator, 120).await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
 
     let letters = read_jsonl(&dead);
@@ -416,10 +406,7 @@ dead_letter: dead
         name_server = cluster.name_server(),
         dead = dead.display()
     ));
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(60, "all accepted", emulator.all_accepted()).await;
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (stats, _) = run_until_all_accepted(&config, emulator, 60).await;
     assert_eq!((stats.accepted, stats.outstanding), (3, 0));
     let letters = read_jsonl(&dead);
     assert_eq!(letters.len(), 1, "only the big one is a dead letter");
@@ -494,10 +481,7 @@ routes:
         name_server = cluster.name_server(),
         ca = cluster.ca_file().display()
     ));
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(120, "all accepted", emulator.all_accepted()).await;
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (stats, _) = run_until_all_accepted(&config, emulator, 120).await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
     // The broker refuses plain TCP, so the reader speaks TLS too.
     let tls = amqp_bridge::tls::client_config(Some(&cluster.ca_file()), None).unwrap();

@@ -197,10 +197,7 @@ impl Sink for KafkaSink {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
-        let mut ready = self.ready.clone();
-        Box::pin(async move {
-            let _ = ready.wait_for(|r| *r).await;
-        })
+        super::until_ready(&self.ready)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -243,21 +240,8 @@ mod tests {
     fn dead_letters_carry_their_failure_as_headers() {
         use rdkafka::message::Headers;
         let mut message = Outgoing {
-            envelope: std::sync::Arc::new(crate::envelope::Envelope {
-                body: bytes::Bytes::from_static(b"{}"),
-                properties: vec![
-                    ("topic".into(), "/p/d/x".into()),
-                    ("other".into(), "o".into()),
-                ],
-            }),
             topic: Some("dead".into()),
-            qos: 1,
-            retain: false,
-            key: None,
-            all_headers: false,
-            tag: None,
-            keys: Vec::new(),
-            failure: None,
+            ..Outgoing::for_test(&[("topic", "/p/d/x"), ("other", "o")], b"{}")
         };
         let names =
             |h: &OwnedHeaders| -> Vec<String> { h.iter().map(|h| h.key.to_string()).collect() };

@@ -36,6 +36,39 @@ pub struct Outgoing {
     pub failure: Option<Arc<Failure>>,
 }
 
+#[cfg(test)]
+impl Outgoing {
+    /// A copy with these application properties and body, no destination.
+    pub(crate) fn for_test(properties: &[(&str, &str)], body: &'static [u8]) -> Outgoing {
+        Outgoing {
+            envelope: Arc::new(Envelope {
+                body: bytes::Bytes::from_static(body),
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            topic: None,
+            qos: 1,
+            retain: false,
+            key: None,
+            all_headers: false,
+            tag: None,
+            keys: Vec::new(),
+            failure: None,
+        }
+    }
+}
+
+/// Resolves once a sink's readiness flag is set (the `Sink::ready` of sinks
+/// that connect in the background).
+pub(crate) fn until_ready(ready: &tokio::sync::watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+    let mut ready = ready.clone();
+    Box::pin(async move {
+        let _ = ready.wait_for(|r| *r).await;
+    })
+}
+
 /// Why a message became a dead letter, written alongside it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Failure {

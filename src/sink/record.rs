@@ -39,26 +39,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::envelope::Envelope;
     use crate::sink::Failure;
 
     fn outgoing(body: &'static [u8], failure: Option<Failure>) -> Outgoing {
         Outgoing {
-            envelope: Arc::new(Envelope {
-                body: bytes::Bytes::from_static(body),
-                properties: vec![
-                    ("topic".into(), "/p/d/x".into()),
-                    ("messageId".into(), "42".into()),
-                ],
-            }),
-            topic: None,
-            qos: 1,
-            retain: false,
-            key: None,
-            all_headers: false,
-            tag: None,
-            keys: Vec::new(),
             failure: failure.map(Arc::new),
+            ..Outgoing::for_test(&[("topic", "/p/d/x"), ("messageId", "42")], body)
         }
     }
 

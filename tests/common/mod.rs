@@ -195,3 +195,45 @@ pub fn make_certs(dir: &std::path::Path) -> std::path::PathBuf {
     }
     dir.join("ca.crt")
 }
+
+/// Sends `signal` (TERM, KILL, STOP, CONT ...) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within `grace`;
+/// returns once it has exited.
+pub fn stop_within(mut child: std::process::Child, grace: Duration) {
+    let pid = child.id();
+    signal(pid, "TERM");
+    let (exited, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        let _ = exited.send(());
+    });
+    if rx.recv_timeout(grace).is_err() {
+        signal(pid, "KILL");
+        let _ = rx.recv();
+    }
+}
+
+/// Runs the bridge until the emulator saw every message accepted (failing
+/// after `secs`), then shuts both down; returns the emulator's final
+/// counters and how many sends the bridge retried.
+pub async fn run_until_all_accepted(
+    config: &amqp_bridge::config::Config,
+    emulator: Emulator,
+    secs: u64,
+) -> (amqp_bridge::emulator::StatsSnapshot, u64) {
+    let bridge = amqp_bridge::bridge::Bridge::start(config).await.unwrap();
+    within(secs, "all accepted", emulator.all_accepted()).await;
+    let retries = bridge
+        .stats()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    bridge.shutdown().await;
+    (emulator.shutdown().await, retries)
+}

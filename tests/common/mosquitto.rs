@@ -127,10 +127,7 @@ impl Mosquitto {
     /// Stops the broker (SIGTERM, so it saves its sessions) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            super::signal(child.id(), "TERM");
             let _ = child.wait();
         }
     }
@@ -146,10 +143,7 @@ impl Mosquitto {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker process.
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
+            super::signal(child.id(), signal);
         }
     }
 

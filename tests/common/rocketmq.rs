@@ -228,7 +228,7 @@ mappedFileSizeCommitLog = 67108864
     /// Stops the broker: SIGTERM, then SIGKILL if it has not exited in 10 s.
     pub fn stop_broker(&mut self) {
         if let Some(child) = self.broker.take() {
-            stop(child, Duration::from_secs(10));
+            super::stop_within(child, Duration::from_secs(10));
         }
     }
 
@@ -276,21 +276,6 @@ fn wait_listening(port: u16) {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn stop(mut child: Child, grace: Duration) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 impl Drop for RocketMq {

@@ -75,10 +75,7 @@ impl Tansu {
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker.
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
-                .status();
+            super::signal(child.id(), signal);
         }
     }
 }

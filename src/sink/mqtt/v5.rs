@@ -156,22 +156,14 @@ mod tests {
     #[test]
     fn dead_letters_carry_their_failure_as_user_properties() {
         let message = Message {
-            envelope: Arc::new(crate::envelope::Envelope {
-                body: bytes::Bytes::from_static(b"{}"),
-                properties: vec![("messageId".into(), "42".into())],
-            }),
             topic: Some("dead".into()),
-            qos: 1,
-            retain: false,
-            key: None,
             all_headers: true,
-            tag: None,
-            keys: Vec::new(),
             failure: Some(Arc::new(crate::sink::Failure {
                 route: "r".into(),
                 sink: "s".into(),
                 error: "not authorized".into(),
             })),
+            ..Message::for_test(&[("messageId", "42")], b"{}")
         };
         let props = properties(&message).user_properties;
         assert_eq!(props[0], ("messageId".to_string(), "42".to_string()));

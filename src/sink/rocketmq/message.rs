@@ -261,34 +261,22 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::envelope::Envelope;
     use crate::sink::Failure;
 
     fn outgoing(all: bool, failure: Option<Failure>) -> Outgoing {
-        let envelope = Envelope {
-            body: Bytes::from_static(b"{}"),
-            properties: [
-                ("topic", "/a1/dev/thing/event/property/post"),
-                ("messageId", "42"),
-                ("generateTime", "1700000000000"),
-                ("productKey", "a1"),
-                ("DELAY", "3"),
-                ("odd", "x\u{1}y"),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        };
+        let properties = [
+            ("topic", "/a1/dev/thing/event/property/post"),
+            ("messageId", "42"),
+            ("generateTime", "1700000000000"),
+            ("productKey", "a1"),
+            ("DELAY", "3"),
+            ("odd", "x\u{1}y"),
+        ];
         Outgoing {
-            envelope: Arc::new(envelope),
             topic: Some("iot".into()),
-            qos: 1,
-            retain: false,
-            key: None,
             all_headers: all,
-            tag: None,
-            keys: Vec::new(),
             failure: failure.map(Arc::new),
+            ..Outgoing::for_test(&properties, b"{}")
         }
     }
 

@@ -270,10 +270,7 @@ impl Sink for RocketMqSink {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
-        let mut ready = self.ready.clone();
-        Box::pin(async move {
-            let _ = ready.wait_for(|r| *r).await;
-        })
+        crate::sink::until_ready(&self.ready)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
