@@ -42,18 +42,9 @@ impl KafkaSink {
         for (key, value) in &config.properties.0 {
             client.set(key, value);
         }
-        let producer: FutureProducer = client.create().map_err(|e| {
-            // librdkafka may quote a rejected value: never echo a secret one.
-            let mut message = format!("Kafka producer: {e}");
-            for (key, value) in &config.properties.0 {
-                if crate::config::is_secret_property(key) && !value.is_empty() {
-                    message = message.replace(value.as_str(), "***");
-                }
-            }
-            SinkBuildError::Invalid {
-                name: name.to_string(),
-                message,
-            }
+        let producer: FutureProducer = client.create().map_err(|e| SinkBuildError::Invalid {
+            name: name.to_string(),
+            message: format!("Kafka producer: {}", redacted(&e, &client)),
         })?;
         let (ready_tx, ready) = watch::channel(false);
         let probe = producer.clone();
@@ -110,8 +101,27 @@ fn replace_fatal(
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
             *guard = (generation + 1, fresh);
         }
-        Err(e) => tracing::error!(sink = %name, error = %e, "cannot replace the Kafka producer"),
+        Err(e) => {
+            let error = redacted(&e, client);
+            tracing::error!(sink = %name, %error, "cannot replace the Kafka producer");
+        }
     }
+}
+
+/// The error's text with the value of every secret-looking property masked:
+/// librdkafka may quote a value it rejects.
+fn redacted(error: &KafkaError, client: &ClientConfig) -> String {
+    let mut text = error.to_string();
+    // config_map() masks only librdkafka's own list of sensitive keys; ours
+    // is wider, so read the real values.
+    for key in client.config_map().into_keys() {
+        if let Some(value) = client.get(key).filter(|v| !v.is_empty()) {
+            if crate::config::is_secret_property(key) {
+                text = text.replace(value, "***");
+            }
+        }
+    }
+    text
 }
 
 /// Record headers: the platform's three properties, or all with `headers: all`;
@@ -263,5 +273,16 @@ mod tests {
         );
         let error = with_failure.iter().last().and_then(|h| h.value);
         assert_eq!(error, Some(&b"too large"[..]));
+    }
+
+    #[test]
+    fn errors_never_quote_a_secret_property() {
+        let mut client = ClientConfig::new();
+        client.set("sasl.password", "hunter2-value");
+        client.set("bootstrap.servers", "b:9092");
+        let error = KafkaError::ClientCreation("invalid value \"hunter2-value\" for b:9092".into());
+        let text = redacted(&error, &client);
+        assert!(!text.contains("hunter2-value"), "{text}");
+        assert!(text.contains("***") && text.contains("b:9092"), "{text}");
     }
 }

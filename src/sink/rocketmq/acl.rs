@@ -85,6 +85,11 @@ mod tests {
             "g7qe2tMs4KyHyuCkSiijXadS/QM="
         );
         assert_eq!(command.ext_fields["SecurityToken"], "tok");
+        let printed = format!("{command:?}");
+        assert!(
+            !printed.contains("tok\"") && !printed.contains("g7qe2"),
+            "{printed}"
+        );
     }
 
     #[test]

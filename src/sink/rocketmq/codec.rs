@@ -39,6 +39,9 @@ pub mod response_code {
     pub const TOPIC_NOT_EXIST: i32 = 17;
 }
 
+/// The largest frame a RocketMQ server (or this client) takes: 16 MiB.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
 /// Bit 0 of `flag`: set on responses.
 const FLAG_RESPONSE: i32 = 1;
 /// The client version announced: 4.9.4, the first whose name server answers
@@ -48,7 +51,7 @@ const SERIALIZE_JSON: u8 = 0;
 const SERIALIZE_ROCKETMQ: u8 = 1;
 
 /// One request or response.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Command {
     pub code: i32,
     pub flag: i32,
@@ -57,6 +60,34 @@ pub struct Command {
     /// The custom header; sorted, which is also the order ACL signs in.
     pub ext_fields: BTreeMap<String, String>,
     pub body: Bytes,
+}
+
+/// Header fields whose values are credentials (ACL signing).
+const SECRET_FIELDS: &[&str] = &["SecurityToken", "Signature"];
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: BTreeMap<&str, &str> = self
+            .ext_fields
+            .iter()
+            .map(|(k, v)| {
+                let shown = if SECRET_FIELDS.contains(&k.as_str()) {
+                    "***"
+                } else {
+                    v
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Command")
+            .field("code", &self.code)
+            .field("flag", &self.flag)
+            .field("opaque", &self.opaque)
+            .field("remark", &self.remark)
+            .field("ext_fields", &fields)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// A frame that is not a remoting command.
@@ -70,6 +101,8 @@ pub enum CodecError {
     Json(String),
     #[error("header text is not UTF-8")]
     Utf8,
+    #[error("request of {size} bytes exceeds the remoting frame limit of {MAX_FRAME} bytes")]
+    TooLarge { size: usize },
 }
 
 #[derive(Serialize)]
@@ -114,8 +147,9 @@ impl Command {
         self.flag & FLAG_RESPONSE != 0
     }
 
-    /// Writes the frame content (everything after the outer length).
-    pub fn encode(&self, dst: &mut BytesMut) {
+    /// The frame content (everything after the outer length); a request the
+    /// frame limit cannot hold is an error, never a truncated header.
+    pub fn encode(&self) -> Result<Bytes, CodecError> {
         let header = JsonHeaderOut {
             code: self.code,
             language: "OTHER",
@@ -128,10 +162,17 @@ impl Command {
         };
         // Serializing a struct of strings and integers cannot fail.
         let header = serde_json::to_vec(&header).unwrap_or_default();
-        dst.reserve(4 + header.len() + self.body.len());
-        dst.put_u32(header.len() as u32 & 0x00ff_ffff | u32::from(SERIALIZE_JSON) << 24);
+        // 4 bytes of outer length come on top; the header length then fits
+        // its 24 bits too.
+        let size = 4 + 4 + header.len() + self.body.len();
+        if size > MAX_FRAME {
+            return Err(CodecError::TooLarge { size });
+        }
+        let mut dst = BytesMut::with_capacity(size - 4);
+        dst.put_u32(header.len() as u32 | u32::from(SERIALIZE_JSON) << 24);
         dst.put_slice(&header);
         dst.put_slice(&self.body);
+        Ok(dst.freeze())
     }
 
     /// Reads the frame content (everything after the outer length).
@@ -247,8 +288,7 @@ mod tests {
             ext_fields: ext,
             body: Bytes::from_static(b"body"),
         };
-        let mut buf = BytesMut::new();
-        command.encode(&mut buf);
+        let buf = command.encode().unwrap();
         let header_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         let header: serde_json::Value = serde_json::from_slice(&buf[4..4 + header_len]).unwrap();
         assert_eq!(header["code"], 105);
@@ -256,7 +296,21 @@ mod tests {
         assert_eq!(header["version"], CLIENT_VERSION);
         assert_eq!(header["extFields"]["topic"], "iot");
         assert_eq!(header["serializeTypeCurrentRPC"], "JSON");
-        assert_eq!(Command::decode(buf.freeze()).unwrap(), command);
+        assert_eq!(Command::decode(buf).unwrap(), command);
+    }
+
+    #[test]
+    fn a_request_over_the_frame_limit_is_refused() {
+        let mut command = Command::request(310, BTreeMap::new());
+        command
+            .ext_fields
+            .insert("i".into(), "\u{1}".repeat(MAX_FRAME / 6));
+        // Each separator becomes six bytes of JSON (\u0001): the header alone
+        // is over the limit although the raw text is not.
+        assert!(matches!(command.encode(), Err(CodecError::TooLarge { .. })));
+        command.ext_fields.clear();
+        command.body = Bytes::from(vec![0u8; MAX_FRAME]);
+        assert!(matches!(command.encode(), Err(CodecError::TooLarge { .. })));
     }
 
     #[test]

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use super::codec::Command;
+use super::codec::{Command, MAX_FRAME};
 
 /// Why a request got no response.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,10 +28,11 @@ pub enum RemotingError {
     Lost { addr: String },
     #[error("no response from {addr} within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
+    /// The request cannot be framed at all; sending it again cannot help.
+    #[error("{0}")]
+    Unframeable(String),
 }
 
-/// Largest frame accepted from a server (route tables, not messages, come back).
-pub(crate) const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// After a failed connect, requests to that address fail at once for this
 /// long instead of each waiting out its own connect attempt.
 const CONNECT_HOLD_OFF: Duration = Duration::from_millis(200);
@@ -51,7 +52,8 @@ fn codec() -> LengthDelimitedCodec {
 /// A live connection to one name server or broker.
 pub struct Connection {
     addr: String,
-    outbound: mpsc::Sender<Command>,
+    /// Encoded frames for the writer task.
+    outbound: mpsc::Sender<Bytes>,
     pending: Pending,
     next_opaque: AtomicI32,
     closed: Arc<AtomicBool>,
@@ -139,6 +141,10 @@ impl Connection {
     ) -> Result<Command, RemotingError> {
         let opaque = self.next_opaque.fetch_add(1, Ordering::Relaxed);
         command.opaque = opaque;
+        // Encoded here, on the caller's task, so the writer only writes.
+        let frame = command
+            .encode()
+            .map_err(|e| RemotingError::Unframeable(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(opaque, tx);
         // Forget the waiter however this request ends (timeout, cancellation).
@@ -153,7 +159,7 @@ impl Connection {
             return Err(lost());
         }
         let exchange = async {
-            self.outbound.send(command).await.map_err(|_| lost())?;
+            self.outbound.send(frame).await.map_err(|_| lost())?;
             rx.await.map_err(|_| lost())
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -203,22 +209,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn write_frames(
     mut frames: FramedWrite<tokio::io::WriteHalf<Box<dyn Stream>>, LengthDelimitedCodec>,
-    mut queue: mpsc::Receiver<Command>,
+    mut queue: mpsc::Receiver<Bytes>,
     closed: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(64);
     while queue.recv_many(&mut batch, 64).await > 0 {
         let mut failed = false;
-        for command in batch.drain(..) {
-            let mut buf = BytesMut::new();
-            command.encode(&mut buf);
-            if frames.feed(buf.freeze()).await.is_err() {
+        for frame in batch.drain(..) {
+            if frames.feed(frame).await.is_err() {
                 failed = true;
                 break;
             }
         }
         if failed
-            || SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err()
+            || SinkExt::<Bytes>::flush(&mut frames).await.is_err()
             || closed.load(Ordering::Acquire)
         {
             break;

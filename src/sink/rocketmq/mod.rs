@@ -38,8 +38,6 @@ use crate::config::{NotDurablePolicy, RocketMqSinkConfig};
 
 /// How long a broker that failed a send is skipped when another can take it.
 const UNHEALTHY_FOR: Duration = Duration::from_secs(1);
-/// Room for the request header in a frame (the properties are counted apart).
-const HEADER_ROOM: usize = 4096;
 
 /// A producer for one RocketMQ cluster.
 pub struct RocketMqSink {
@@ -209,19 +207,6 @@ impl Producer {
         if let Some(acl) = &self.acl {
             sign(&mut request, acl);
         }
-        let frame_size = request.body.len()
-            + request
-                .ext_fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-            + HEADER_ROOM;
-        if frame_size > connection::MAX_FRAME {
-            return Err(SinkError::Permanent(format!(
-                "message with its properties ({frame_size} bytes) exceeds the remoting frame limit of {} bytes",
-                connection::MAX_FRAME
-            )));
-        }
         let _slot = self
             .window
             .acquire()
@@ -232,6 +217,9 @@ impl Producer {
             Err(e) => Err(e),
         };
         let response = answer.map_err(|e| {
+            if let RemotingError::Unframeable(reason) = e {
+                return SinkError::Permanent(reason);
+            }
             self.mark_unhealthy(&queue.broker_addr);
             if !matches!(e, RemotingError::Timeout { .. }) {
                 // The broker went away: it may be back elsewhere, or not at all.
