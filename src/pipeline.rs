@@ -300,7 +300,10 @@ impl Pipeline {
         loop {
             let error = match sink.send(message.clone()).await {
                 Ok(()) => {
-                    BridgeStats::bump(&self.stats.forwarded);
+                    // A dead letter's confirmation is counted as dead_lettered.
+                    if message.failure.is_none() {
+                        BridgeStats::bump(&self.stats.forwarded);
+                    }
                     return Ok(());
                 }
                 Err(e) => e,

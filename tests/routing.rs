@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
@@ -47,12 +48,16 @@ dead_letter: dead
     let bridge = Bridge::start(&config).await.unwrap();
     within(120, "all accepted", emulator.all_accepted()).await;
     subscriber.wait_for_total(N, 30).await;
+    let forwarded = bridge.stats().forwarded.load(Ordering::Relaxed);
+    let dead_lettered = bridge.stats().dead_lettered.load(Ordering::Relaxed);
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!(
         (stats.accepted, stats.outstanding, stats.released),
         (N, 0, 0)
     );
+    // Forwarded counts the confirmed target copies only, not dead letters.
+    assert_eq!(forwarded, 2 * N, "one MQTT and one file copy each");
 
     // Every message once on MQTT and once in the copies file.
     let counts = subscriber.counts();
@@ -91,6 +96,7 @@ dead_letter: dead
     assert!(property_posts > 0);
     let dead_lines = read_jsonl(&dead);
     assert_eq!(dead_lines.len(), property_posts);
+    assert_eq!(dead_lettered as usize, property_posts);
     for line in &dead_lines {
         assert_eq!(line["failure"]["route"], "by-region");
         assert_eq!(line["failure"]["sink"], "mqtt");

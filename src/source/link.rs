@@ -114,7 +114,14 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                     let _ = receiver.release(info).await;
                     continue;
                 }
-                let envelope = to_envelope(delivery);
+                let Some(envelope) = to_envelope(delivery) else {
+                    // An AMQP sequence body has no byte form to forward:
+                    // counted and rejected like an undecodable message.
+                    tracing::warn!("message with an AMQP sequence body rejected");
+                    ctx.pipeline.count_undecodable();
+                    let _ = receiver.reject(info, None).await;
+                    continue;
+                };
                 ctx.pipeline.dispatch(envelope, Settlement::new(settle_tx.clone(), info, slot));
             }
         }
@@ -128,8 +135,9 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
     }
 }
 
-/// Copies the body once into shared bytes and renders the properties as text.
-pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Envelope {
+/// Copies the body once into shared bytes and renders the properties as text;
+/// `None` for a body with no byte form (an AMQP sequence).
+pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
     let message = delivery.into_message();
     let properties = message
         .application_properties
@@ -160,9 +168,10 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Envelope {
             Value::Binary(b) => Bytes::from(b.into_vec()),
             other => Bytes::from(format!("{other:?}")),
         },
-        Body::Sequence(_) | Body::Empty => Bytes::new(),
+        Body::Empty => Bytes::new(),
+        Body::Sequence(_) => return None,
     };
-    Envelope { body, properties }
+    Some(Envelope { body, properties })
 }
 
 fn simple_to_string(value: SimpleValue) -> String {
