@@ -15,10 +15,20 @@ trap cleanup EXIT
 
 cargo build --release --example bench_rocketmq
 
+# Waits up to 60 s for a line in a log, failing if the process died first.
+wait_for() { # pid log text
+  for _ in $(seq 600); do
+    grep -q "$3" "$2" && return 0
+    kill -0 "$1" 2>/dev/null || { cat "$2"; echo "bench-rocketmq: process exited before \"$3\"" >&2; exit 1; }
+    sleep 0.1
+  done
+  cat "$2"; echo "bench-rocketmq: no \"$3\" within 60 s" >&2; exit 1
+}
+
 HOME="$work" "$bin/rocketmq-namesrv-rust" --bindAddress 127.0.0.1 --listenPort "$ns_port" \
   --rocketmqHome "$work" --kvConfigPath "$work/kv.json" >/dev/null 2>"$work/namesrv.log" &
 ns_pid=$!
-until grep -q "accepting requests" "$work/namesrv.log"; do sleep 0.1; done
+wait_for "$ns_pid" "$work/namesrv.log" "accepting requests"
 cat >"$work/broker.toml" <<TOML
 [broker]
 listenPort = $broker_port
@@ -39,6 +49,6 @@ TOML
 HOME="$work" ROCKETMQ_HOME="$work" "$bin/rocketmq-broker-rust" -c "$work/broker.toml" \
   -n "127.0.0.1:$ns_port" >/dev/null 2>"$work/broker.log" &
 broker_pid=$!
-until grep -q "started successfully" "$work/broker.log"; do sleep 0.1; done
+wait_for "$broker_pid" "$work/broker.log" "started successfully"
 
 ./target/release/examples/bench_rocketmq "127.0.0.1:$ns_port" "${1:-20000}"

@@ -55,10 +55,20 @@ impl Bridge {
             None
         };
         let stats = Arc::new(BridgeStats::default());
+        // Checked like a route's targets: a name without a sink is an error.
         let dead_letter = config
             .dead_letter
             .as_ref()
-            .and_then(|name| index.get(&name.0).copied());
+            .map(|name| {
+                index
+                    .get(&name.0)
+                    .copied()
+                    .ok_or_else(|| RouteError::Invalid {
+                        route: "dead_letter".into(),
+                        message: format!("no sink `{name}`"),
+                    })
+            })
+            .transpose()?;
         let pipeline = Arc::new(Pipeline::new(
             router,
             sinks.clone(),

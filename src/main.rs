@@ -325,7 +325,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut last_accepted = 0;
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let get = amqp_bridge::pipeline::BridgeStats::get;
     loop {
         tokio::select! {
             _ = ticker.tick() => {

@@ -114,11 +114,7 @@ fn clean(text: &str) -> std::borrow::Cow<'_, str> {
 /// The message properties: system ones (TAGS, KEYS, UNIQ_KEY, WAIT) and the
 /// user ones — the platform's three, or every application property with
 /// `properties: all` — plus, for a dead letter, why it failed.
-pub fn properties(
-    message: &Outgoing,
-    tag: Option<&str>,
-    keys: &[String],
-) -> BTreeMap<String, String> {
+pub fn properties(message: &Outgoing) -> BTreeMap<String, String> {
     let mut props = BTreeMap::new();
     for (name, value) in &message.envelope.properties {
         if message.all_headers || matches!(name.as_str(), "topic" | "messageId" | "generateTime") {
@@ -133,10 +129,11 @@ pub fn properties(
             props.insert(name.into(), clean(value).into_owned());
         }
     }
-    if let Some(tag) = tag.filter(|t| !t.is_empty()) {
+    if let Some(tag) = message.tag.as_deref().filter(|t| !t.is_empty()) {
         props.insert("TAGS".into(), clean(tag).into_owned());
     }
-    let keys: Vec<&str> = keys
+    let keys: Vec<&str> = message
+        .keys
         .iter()
         .flat_map(|k| k.split_whitespace())
         .filter(|k| !k.is_empty())
@@ -282,7 +279,12 @@ mod tests {
 
     #[test]
     fn platform_properties_tag_and_keys() {
-        let props = properties(&outgoing(false, None), Some("property"), &["42 dev".into()]);
+        let message = Outgoing {
+            tag: Some("property".into()),
+            keys: vec!["42 dev".into()],
+            ..outgoing(false, None)
+        };
+        let props = properties(&message);
         assert_eq!(props["topic"], "/a1/dev/thing/event/property/post");
         assert_eq!(props["messageId"], "42");
         assert_eq!(props["generateTime"], "1700000000000");
@@ -295,7 +297,7 @@ mod tests {
 
     #[test]
     fn all_properties_with_reserved_names_mapped() {
-        let props = properties(&outgoing(true, None), None, &[]);
+        let props = properties(&outgoing(true, None));
         assert_eq!(props["productKey"], "a1");
         // A user property named DELAY must not delay the message.
         assert!(!props.contains_key("DELAY"));
@@ -314,7 +316,7 @@ mod tests {
             sink: "s".into(),
             error: "too large".into(),
         };
-        let props = properties(&outgoing(false, Some(failure)), None, &[]);
+        let props = properties(&outgoing(false, Some(failure)));
         assert_eq!(props["deadLetterError"], "too large");
         assert_eq!(props["deadLetterRoute"], "r");
     }

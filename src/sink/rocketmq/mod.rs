@@ -150,7 +150,13 @@ async fn wait_for_name_server(producer: Arc<Producer>, ready: watch::Sender<bool
 /// `NAMESPACE%name`, as namespaced (and Alibaba Cloud instance) resources are named.
 fn with_namespace(namespace: Option<&str>, name: &str) -> String {
     match namespace {
-        Some(ns) if !name.starts_with(&format!("{ns}%")) => format!("{ns}%{name}"),
+        Some(ns)
+            if !name
+                .strip_prefix(ns)
+                .is_some_and(|rest| rest.starts_with('%')) =>
+        {
+            format!("{ns}%{name}")
+        }
         _ => name.to_string(),
     }
 }
@@ -196,7 +202,7 @@ impl Producer {
         let queue = self.pick(&queues).ok_or_else(|| {
             SinkError::Transient(format!("topic `{topic}` has no writable queue"))
         })?;
-        let properties = message::properties(&message, message.tag.as_deref(), &message.keys);
+        let properties = message::properties(&message);
         let context = message::SendContext {
             producer_group: &self.producer_group,
             broker_name: &queue.broker_name,
