@@ -43,9 +43,9 @@ async fn baseline(name_server: &str, topic: &str, n: u64) -> Duration {
     let mut sends: FuturesUnordered<_> = (0..n)
         .map(|i| {
             let body = format!("{{\"n\":{i},\"temperature\":21.5,\"humidity\":40}}");
-            let envelope = Envelope {
-                body: body.into(),
-                properties: vec![
+            let envelope = Envelope::new(
+                body.into(),
+                vec![
                     (
                         "topic".into(),
                         format!("/pk/dev{}/thing/event/property/post", i % 100),
@@ -53,7 +53,7 @@ async fn baseline(name_server: &str, topic: &str, n: u64) -> Duration {
                     ("messageId".into(), i.to_string()),
                     ("generateTime".into(), "1700000000000".into()),
                 ],
-            };
+            );
             sink.send(Outgoing {
                 envelope: Arc::new(envelope),
                 topic: Some(topic.to_string()),

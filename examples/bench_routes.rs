@@ -56,20 +56,22 @@ fn per_message_ns(router: &Router, messages: &[Envelope], rounds: usize) -> f64 
 
 fn main() {
     let messages: Vec<Envelope> = (0..1_000)
-        .map(|i| Envelope {
-            body: bytes::Bytes::from_static(b"{}"),
-            properties: vec![
-                (
-                    "topic".into(),
-                    if i % 5 == 0 {
-                        format!("/as/mqtt/status/a1Prod{:05}/dev{i}", i % 700)
-                    } else {
-                        format!("/a1Prod{:05}/dev{i}/thing/event/property/post", i % 700)
-                    },
-                ),
-                ("messageId".into(), format!("{i}")),
-                ("tenant".into(), "t5".into()),
-            ],
+        .map(|i| {
+            Envelope::new(
+                bytes::Bytes::from_static(b"{}"),
+                vec![
+                    (
+                        "topic".into(),
+                        if i % 5 == 0 {
+                            format!("/as/mqtt/status/a1Prod{:05}/dev{i}", i % 700)
+                        } else {
+                            format!("/a1Prod{:05}/dev{i}/thing/event/property/post", i % 700)
+                        },
+                    ),
+                    ("messageId".into(), format!("{i}")),
+                    ("tenant".into(), "t5".into()),
+                ],
+            )
         })
         .collect();
     let one = router(1);

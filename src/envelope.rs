@@ -10,9 +10,28 @@ pub struct Envelope {
     pub body: Bytes,
     /// Application properties in arrival order, values rendered as text.
     pub properties: Vec<(String, String)>,
+    /// The body parsed as JSON, filled on first use.
+    json: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
 impl Envelope {
+    /// A message with this body and these application properties.
+    pub fn new(body: Bytes, properties: Vec<(String, String)>) -> Envelope {
+        Envelope {
+            body,
+            properties,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The body as JSON (`None` when it is not JSON), parsed once per message
+    /// however many routes, predicates and templates read it.
+    pub fn json(&self) -> Option<&serde_json::Value> {
+        self.json
+            .get_or_init(|| serde_json::from_slice(&self.body).ok())
+            .as_ref()
+    }
+
     /// The value of an application property.
     pub fn property(&self, name: &str) -> Option<&str> {
         self.properties

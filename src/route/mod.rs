@@ -44,11 +44,7 @@ pub struct Route {
 }
 
 impl Route {
-    fn conditions_hold(
-        &self,
-        envelope: &Envelope,
-        body: &mut Option<Option<serde_json::Value>>,
-    ) -> bool {
+    fn conditions_hold(&self, envelope: &Envelope) -> bool {
         let properties_hold = self
             .properties
             .iter()
@@ -56,10 +52,7 @@ impl Route {
         if !properties_hold || self.json.is_empty() {
             return properties_hold;
         }
-        let Some(json) = body
-            .get_or_insert_with(|| serde_json::from_slice(&envelope.body).ok())
-            .as_ref()
-        else {
+        let Some(json) = envelope.json() else {
             return false;
         };
         self.json.iter().all(|(path, p)| {
@@ -192,10 +185,8 @@ impl Router {
         let mut candidates = Vec::new();
         self.filters.matches(topic, &mut candidates);
         let mut matched = Vec::new();
-        // The body is parsed at most once, and only if a route asks for a JSON field.
-        let mut body: Option<Option<serde_json::Value>> = None;
         for route in candidates.into_iter().map(|i| &self.routes[i]) {
-            if route.conditions_hold(envelope, &mut body) {
+            if route.conditions_hold(envelope) {
                 matched.push(route);
                 if route.is_final {
                     break;
@@ -227,10 +218,7 @@ mod tests {
     fn envelope(topic: &str, props: &[(&str, &str)], body: &str) -> Envelope {
         let mut properties = vec![("topic".to_string(), topic.to_string())];
         properties.extend(props.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Envelope {
-            body: bytes::Bytes::from(body.to_string()),
-            properties,
-        }
+        Envelope::new(bytes::Bytes::from(body.to_string()), properties)
     }
 
     fn names(router: &Router, e: &Envelope) -> Vec<String> {

@@ -40,7 +40,7 @@ impl StatusOrder {
 }
 
 fn status_time(envelope: &Envelope) -> Option<String> {
-    let body: serde_json::Value = serde_json::from_slice(&envelope.body).ok()?;
+    let body = envelope.json()?;
     body.get("utcTime")
         .or_else(|| body.get("time"))
         .and_then(|t| t.as_str())
@@ -52,13 +52,13 @@ mod tests {
     use super::*;
 
     fn status(dn: &str, utc: &str) -> Envelope {
-        Envelope {
-            body: bytes::Bytes::from(format!(r#"{{"status":"online","utcTime":"{utc}"}}"#)),
-            properties: vec![(
+        Envelope::new(
+            bytes::Bytes::from(format!(r#"{{"status":"online","utcTime":"{utc}"}}"#)),
+            vec![(
                 "topic".into(),
                 format!("/pk/{dn}").replace("/pk/", "/as/mqtt/status/pk/"),
             )],
-        }
+        )
     }
 
     #[test]

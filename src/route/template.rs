@@ -88,7 +88,6 @@ impl Template {
             return Ok(s.clone());
         }
         let mut out = String::with_capacity(self.source.len() + 32);
-        let mut json: Option<Option<serde_json::Value>> = None;
         for part in &self.parts {
             let missing = |what: &str| TemplateError {
                 template: self.source.clone(),
@@ -141,10 +140,7 @@ impl Template {
                         .ok_or_else(|| missing(&format!("property `{name}`")))?,
                 ),
                 Part::Json(path) => {
-                    let body = json
-                        .get_or_insert_with(|| serde_json::from_slice(&envelope.body).ok())
-                        .as_ref()
-                        .ok_or_else(|| missing("JSON body"))?;
+                    let body = envelope.json().ok_or_else(|| missing("JSON body"))?;
                     let value = json_field(body, path)
                         .ok_or_else(|| missing(&format!("JSON field `{}`", path.join("."))))?;
                     match value {
@@ -196,17 +192,17 @@ mod tests {
     use super::*;
 
     fn envelope(topic: &str) -> Envelope {
-        Envelope {
-            body: bytes::Bytes::from_static(
+        Envelope::new(
+            bytes::Bytes::from_static(
                 br#"{"items":{"T":{"value":21.5}},"devices":[{"iotId":"x1"}],"status":"online"}"#,
             ),
-            properties: vec![
+            vec![
                 ("topic".into(), topic.into()),
                 ("messageId".into(), "1790000000000000001".into()),
                 ("generateTime".into(), "1700000000000".into()),
                 ("tenant".into(), "t9".into()),
             ],
-        }
+        )
     }
 
     fn render(t: &str, topic: &str) -> Result<String, TemplateError> {

@@ -41,13 +41,13 @@ impl Outgoing {
     /// A copy with these application properties and body, no destination.
     pub(crate) fn for_test(properties: &[(&str, &str)], body: &'static [u8]) -> Outgoing {
         Outgoing {
-            envelope: Arc::new(Envelope {
-                body: bytes::Bytes::from_static(body),
-                properties: properties
+            envelope: Arc::new(Envelope::new(
+                bytes::Bytes::from_static(body),
+                properties
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-            }),
+            )),
             topic: None,
             qos: 1,
             retain: false,

@@ -171,7 +171,7 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
         Body::Empty => Bytes::new(),
         Body::Sequence(_) => return None,
     };
-    Some(Envelope { body, properties })
+    Some(Envelope::new(body, properties))
 }
 
 fn simple_to_string(value: SimpleValue) -> String {
