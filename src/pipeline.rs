@@ -180,15 +180,24 @@ impl Pipeline {
                 }
             };
         }
+        // Asked once per message, however many `order_by: time` routes match:
+        // admitting records the status's time.
+        let mut status_admitted = None;
         let sends = routes
             .iter()
             .filter(|route| {
-                let admitted = !route.order_by_time || self.status_order.admit(&envelope);
-                if !admitted {
-                    BridgeStats::bump(&self.stats.stale_status);
-                    tracing::debug!(route = %route.name, message_id = envelope.message_id(), "older status dropped");
-                }
-                admitted
+                !route.order_by_time
+                    || *status_admitted.get_or_insert_with(|| {
+                        let admitted = self.status_order.admit(&envelope);
+                        if !admitted {
+                            BridgeStats::bump(&self.stats.stale_status);
+                            tracing::debug!(
+                                message_id = envelope.message_id(),
+                                "older status dropped"
+                            );
+                        }
+                        admitted
+                    })
             })
             .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route.name.as_str(), t)))
             .map(|(route, target)| self.deliver_or_dead_letter(route, target, &envelope));
@@ -244,8 +253,8 @@ impl Pipeline {
         }
     }
 
-    /// Sends one copy, retrying transient failures until it succeeds, fails
-    /// for good, runs past `retry.max_elapsed`, or shutdown gives up.
+    /// Fills the target's templates for this message (a template it cannot
+    /// fill is a permanent failure) and sends the copy with retries.
     async fn deliver(
         &self,
         route: &str,
