@@ -127,24 +127,15 @@ fn redacted(error: &KafkaError, client: &ClientConfig) -> String {
 /// Record headers: the platform's three properties, or all with `headers: all`;
 /// a dead letter adds why it failed.
 fn headers(message: &Outgoing) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in &message.envelope.properties {
-        if message.all_headers || matches!(key.as_str(), "topic" | "messageId" | "generateTime") {
-            headers = headers.insert(Header {
+    message.forwarded_properties(message.all_headers).fold(
+        OwnedHeaders::new(),
+        |headers, (key, value)| {
+            headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),
-            });
-        }
-    }
-    if let Some(failure) = &message.failure {
-        for (key, value) in failure.as_properties() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
-    }
-    headers
+            })
+        },
+    )
 }
 
 /// Whether retrying a failed record can help.

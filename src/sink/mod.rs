@@ -36,6 +36,31 @@ pub struct Outgoing {
     pub failure: Option<Arc<Failure>>,
 }
 
+/// The application properties every copy carries, whatever its sink.
+const PLATFORM_PROPERTIES: [&str; 3] = ["topic", "messageId", "generateTime"];
+
+impl Outgoing {
+    /// The name/value pairs a sink forwards with this copy as headers or
+    /// properties: every application property when `all`, else the
+    /// platform's three; a dead letter adds why it failed.
+    pub fn forwarded_properties<'a>(
+        &'a self,
+        all: bool,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.envelope
+            .properties
+            .iter()
+            .filter(move |(name, _)| all || PLATFORM_PROPERTIES.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .chain(
+                self.failure
+                    .as_deref()
+                    .into_iter()
+                    .flat_map(|failure| failure.as_properties()),
+            )
+    }
+}
+
 #[cfg(test)]
 impl Outgoing {
     /// A copy with these application properties and body, no destination.

@@ -275,9 +275,7 @@ impl Sink for MqttSink {
             // MQTT 5 user properties add their text and a few bytes each.
             let properties: usize = match client {
                 Client::V5(_) => message
-                    .envelope
-                    .properties
-                    .iter()
+                    .forwarded_properties(true)
                     .map(|(k, v)| k.len() + v.len() + 5)
                     .sum(),
                 Client::V4(_) => 0,

@@ -25,16 +25,11 @@ pub(super) fn qos(level: u8) -> QoS {
 /// Every application property of the source message as a user property;
 /// a dead letter adds why it failed.
 pub(super) fn properties(message: &Message) -> PublishProperties {
-    let mut user_properties = message.envelope.properties.clone();
-    if let Some(failure) = &message.failure {
-        user_properties.extend(
-            failure
-                .as_properties()
-                .map(|(name, value)| (name.to_string(), value.to_string())),
-        );
-    }
     PublishProperties {
-        user_properties,
+        user_properties: message
+            .forwarded_properties(true)
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
         ..Default::default()
     }
 }

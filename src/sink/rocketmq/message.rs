@@ -115,20 +115,15 @@ fn clean(text: &str) -> std::borrow::Cow<'_, str> {
 /// user ones — the platform's three, or every application property with
 /// `properties: all` — plus, for a dead letter, why it failed.
 pub fn properties(message: &Outgoing) -> BTreeMap<String, String> {
-    let mut props = BTreeMap::new();
-    for (name, value) in &message.envelope.properties {
-        if message.all_headers || matches!(name.as_str(), "topic" | "messageId" | "generateTime") {
-            props.insert(
+    let mut props: BTreeMap<String, String> = message
+        .forwarded_properties(message.all_headers)
+        .map(|(name, value)| {
+            (
                 clean(&property_name(name)).into_owned(),
                 clean(value).into_owned(),
-            );
-        }
-    }
-    if let Some(failure) = &message.failure {
-        for (name, value) in failure.as_properties() {
-            props.insert(name.into(), clean(value).into_owned());
-        }
-    }
+            )
+        })
+        .collect();
     if let Some(tag) = message.tag.as_deref().filter(|t| !t.is_empty()) {
         props.insert("TAGS".into(), clean(tag).into_owned());
     }
