@@ -1,35 +1,48 @@
 //! The JSON-lines form of a message, shared by the file and stdout sinks.
 
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde::{Serialize, Serializer};
 
-use super::Outgoing;
+use super::{Failure, Outgoing};
+
+/// One line, borrowing from the message: nothing is copied but a binary
+/// body's Base64.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(rename = "messageId")]
+    message_id: Option<&'a str>,
+    topic: Option<&'a str>,
+    #[serde(serialize_with = "as_map")]
+    properties: &'a [(String, String)],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a Failure>,
+}
+
+fn as_map<S: Serializer>(properties: &&[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(properties.iter().map(|(k, v)| (k, v)))
+}
 
 /// One line: messageId, topic, properties, the body (as text when it is
 /// UTF-8, else `body_base64`), and for dead letters the failure.
 pub fn json_line(message: &Outgoing) -> String {
     let envelope = &message.envelope;
-    let properties: Map<String, Value> = envelope
-        .properties
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let mut record = json!({
-        "messageId": envelope.message_id(),
-        "topic": envelope.topic(),
-        "properties": properties,
-    });
-    match std::str::from_utf8(&envelope.body) {
-        Ok(text) => record["body"] = Value::String(text.to_string()),
-        Err(_) => {
-            record["body_base64"] =
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&envelope.body))
-        }
-    }
-    if let Some(failure) = &message.failure {
-        record["failure"] = json!(failure.as_ref());
-    }
-    let mut line = record.to_string();
+    let text = std::str::from_utf8(&envelope.body).ok();
+    let line = Line {
+        message_id: envelope.message_id(),
+        topic: envelope.topic(),
+        properties: &envelope.properties,
+        body: text,
+        body_base64: text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&envelope.body)),
+        failure: message.failure.as_deref(),
+    };
+    // Strings and string maps always serialize.
+    let mut line = serde_json::to_string(&line).unwrap_or_default();
     line.push('\n');
     line
 }
