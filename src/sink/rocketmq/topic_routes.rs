@@ -2,7 +2,7 @@
 //! most once per topic at a time, kept 30 s, and the rules for deciding that
 //! a topic is missing rather than briefly gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,20 +28,26 @@ struct CachedRoute {
     ttl: Duration,
 }
 
+/// What the sink knows about one topic.
+#[derive(Default)]
+struct TopicState {
+    route: Option<CachedRoute>,
+    /// One route request per topic at a time; the others wait for its answer.
+    fetch: Arc<tokio::sync::Mutex<()>>,
+    /// It had a route once: if the route vanishes, brokers are restarting or
+    /// down (retry); the topic was not deleted by us.
+    ever_routed: bool,
+    /// Since when the name server has said the topic does not exist.
+    missing_since: Option<Instant>,
+    /// The last failed route request: for a moment, sends use the stale route
+    /// (or fail at once) instead of each asking again.
+    last_failure: Option<(Instant, String)>,
+}
+
 /// Routes by topic.
 pub(super) struct TopicRoutes {
     pub name_servers: NameServers,
-    routes: Mutex<HashMap<String, CachedRoute>>,
-    /// One route request per topic at a time; the others wait for its answer.
-    route_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Topics that had a route once: if it vanishes, brokers are restarting
-    /// or down (retry), the topic was not deleted by us.
-    ever_routed: Mutex<HashSet<String>>,
-    /// Since when the name server has said a topic does not exist.
-    missing_since: Mutex<HashMap<String, Instant>>,
-    /// The last failed route request per topic: for a moment, sends use the
-    /// stale route (or fail at once) instead of each asking again.
-    fetch_failures: Mutex<HashMap<String, (Instant, String)>>,
+    topics: Mutex<HashMap<String, TopicState>>,
     topic_missing_grace: Duration,
 }
 
@@ -50,19 +56,28 @@ impl TopicRoutes {
     pub(super) fn new(name_servers: NameServers, topic_missing_grace: Duration) -> TopicRoutes {
         TopicRoutes {
             name_servers,
-            routes: Mutex::default(),
-            route_fetches: Mutex::default(),
-            ever_routed: Mutex::default(),
-            missing_since: Mutex::default(),
-            fetch_failures: Mutex::default(),
+            topics: Mutex::default(),
             topic_missing_grace,
         }
     }
 
+    /// Runs `f` on the topic's state under the lock.
+    fn with<R>(&self, topic: &str, f: impl FnOnce(&mut TopicState) -> R) -> R {
+        let mut topics = lock(&self.topics);
+        match topics.get_mut(topic) {
+            Some(state) => f(state),
+            None => f(topics.entry(topic.to_string()).or_default()),
+        }
+    }
+
+    /// The cached queues and whether they are still fresh.
     fn cached(&self, topic: &str) -> Option<(Arc<Vec<MessageQueue>>, bool)> {
-        lock(&self.routes)
-            .get(topic)
-            .map(|c| (Arc::clone(&c.queues), c.fetched.elapsed() < c.ttl))
+        self.with(topic, |state| {
+            state
+                .route
+                .as_ref()
+                .map(|c| (Arc::clone(&c.queues), c.fetched.elapsed() < c.ttl))
+        })
     }
 
     fn remember(
@@ -72,23 +87,24 @@ impl TopicRoutes {
         ttl: Duration,
     ) -> Arc<Vec<MessageQueue>> {
         let queues = Arc::new(queues);
-        lock(&self.routes).insert(
-            topic.to_string(),
-            CachedRoute {
+        self.with(topic, |state| {
+            state.route = Some(CachedRoute {
                 queues: Arc::clone(&queues),
                 fetched: Instant::now(),
                 ttl,
-            },
-        );
+            })
+        });
         queues
     }
 
     /// Makes the next send ask the name server again (the stale route stays
     /// as a fallback while the name server cannot be reached).
     pub(super) fn invalidate(&self, topic: &str) {
-        if let Some(cached) = lock(&self.routes).get_mut(topic) {
-            cached.ttl = Duration::ZERO;
-        }
+        self.with(topic, |state| {
+            if let Some(cached) = &mut state.route {
+                cached.ttl = Duration::ZERO;
+            }
+        });
     }
 
     /// The writable queues of a topic: its own route, or the default topic's
@@ -97,11 +113,7 @@ impl TopicRoutes {
         if let Some((queues, true)) = self.cached(topic) {
             return Ok(queues);
         }
-        let fetch = Arc::clone(
-            lock(&self.route_fetches)
-                .entry(topic.to_string())
-                .or_default(),
-        );
+        let fetch = self.with(topic, |state| Arc::clone(&state.fetch));
         let _only_fetch = fetch.lock().await;
         let stale = match self.cached(topic) {
             // Another send fetched it while this one waited.
@@ -109,32 +121,39 @@ impl TopicRoutes {
             Some((queues, false)) => Some(queues),
             None => None,
         };
-        let recent_failure = lock(&self.fetch_failures)
-            .get(topic)
-            .filter(|(at, _)| at.elapsed() < FETCH_HOLD_OFF)
-            .map(|(_, error)| error.clone());
+        let recent_failure = self.with(topic, |state| {
+            state
+                .last_failure
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < FETCH_HOLD_OFF)
+                .map(|(_, error)| error.clone())
+        });
         if let Some(error) = recent_failure {
             return stale.ok_or(SinkError::Transient(error));
         }
         let fetched = match self.name_servers.fetch_route(topic).await {
             Ok(RouteAnswer::Found(route)) => {
-                lock(&self.fetch_failures).remove(topic);
-                lock(&self.missing_since).remove(topic);
                 let queues = route.writable_queues(None);
+                self.with(topic, |state| {
+                    state.last_failure = None;
+                    state.missing_since = None;
+                    state.ever_routed |= !queues.is_empty();
+                });
                 if queues.is_empty() {
                     return Err(SinkError::Transient(format!(
                         "topic `{topic}` has no writable queue on a broker master"
                     )));
                 }
-                lock(&self.ever_routed).insert(topic.to_string());
                 return Ok(self.remember(topic, queues, ROUTE_TTL));
             }
             Ok(RouteAnswer::NotFound) => {
-                lock(&self.fetch_failures).remove(topic);
+                self.with(topic, |state| state.last_failure = None);
                 self.borrowed_route(topic).await
             }
             Err(e) => {
-                lock(&self.fetch_failures).insert(topic.to_string(), (Instant::now(), e.clone()));
+                self.with(topic, |state| {
+                    state.last_failure = Some((Instant::now(), e.clone()))
+                });
                 Err(SinkError::Transient(e))
             }
         };
@@ -159,7 +178,7 @@ impl TopicRoutes {
                 return Ok(self.remember(topic, queues, BORROWED_ROUTE_TTL));
             }
         }
-        if lock(&self.ever_routed).contains(topic) {
+        if self.with(topic, |state| state.ever_routed) {
             return Err(SinkError::Transient(format!(
                 "the route of topic `{topic}` vanished from the name server; brokers may be restarting"
             )));
@@ -169,9 +188,9 @@ impl TopicRoutes {
                 "no route for topic `{topic}` and no broker registered at the name server yet"
             ))),
             Ok(_) => {
-                let since = *lock(&self.missing_since)
-                    .entry(topic.to_string())
-                    .or_insert_with(Instant::now);
+                let since = self.with(topic, |state| {
+                    *state.missing_since.get_or_insert_with(Instant::now)
+                });
                 if since.elapsed() >= self.topic_missing_grace {
                     Err(SinkError::Permanent(format!(
                         "topic `{topic}` does not exist and the brokers do not create topics automatically"
