@@ -94,6 +94,7 @@ async fn bridge(n: u64, dir: &Path) -> Duration {
         "source: {{ kind: aliyun, url: 'amqps://localhost:{port}', access_key_id: {AK}, \
          access_key_secret: {SK}, consumer_group_id: {GROUP}, client_id: bench-bridge, \
          tls: {{ ca_file: '{ca}' }} }}\n\
+         telemetry: {{ listen: '127.0.0.1:0' }}\n\
          sinks:\n  out: {{ kind: file, path: '{out}' }}\n\
          routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: out }} ] }}\n",
         port = emulator.local_addr().port(),

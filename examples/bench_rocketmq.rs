@@ -94,7 +94,8 @@ async fn bridge(name_server: &str, topic: &str, n: u64, dir: &Path) -> Duration 
     let text = format!(
         "source: {{ kind: aliyun, url: 'amqps://localhost:{port}', access_key_id: {AK}, \
          access_key_secret: {SK}, consumer_group_id: {GROUP}, client_id: bench-bridge, \
-         tls: {{ ca_file: '{ca}' }} }}\nsinks:\n{sink}\
+         tls: {{ ca_file: '{ca}' }} }}\n\
+         telemetry: {{ listen: '127.0.0.1:0' }}\nsinks:\n{sink}\
          routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: rmq, topic: {topic}, \
          tag: '{{productKey}}', keys: '{{messageId}}' }} ] }}\n",
         port = emulator.local_addr().port(),

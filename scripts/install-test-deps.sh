@@ -6,6 +6,11 @@ set -euo pipefail
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# Prometheus and promtool: the telemetry tests scrape the bridge with a real
+# Prometheus and check metrics, rules and rule unit tests with promtool.
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
+# PyYAML: scripts/check-deploy.sh reads the compose and Kubernetes files.
+python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 # gcc and make build the bundled librdkafka (rdkafka-sys).
 { command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
 
@@ -15,9 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-test-deps: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-  # The package starts a system-wide broker on 1883; the tests start their own.
-  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
-  $SUDO service mosquitto stop >/dev/null 2>&1 || true
+  # The packages start system-wide services (a broker on 1883, Prometheus on
+  # 9090); the tests start their own.
+  for service in mosquitto prometheus; do
+    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+    $SUDO service "$service" stop >/dev/null 2>&1 || true
+  done
 else
   echo "install-test-deps: Debian packages present"
 fi
@@ -56,3 +64,9 @@ if ! installed rocketmq-broker-rust \
   cargo install rocketmq-broker@1.0.0 --locked --debug --features tls --quiet
 fi
 echo "install-test-deps: RocketMQ name server and broker present"
+
+# kubectl renders the Kustomizations in the deploy test (scripts/check-deploy.sh).
+# It is not a Debian package; the machine image ships it.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "install-test-deps: WARNING: kubectl not found; the deploy test will fail (install kubectl >= 1.27)" >&2
+fi

@@ -10,11 +10,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::{BridgeStats, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::route::{RouteError, Router};
 use crate::sink::{self, Sink, SinkBuildError};
 use crate::source::link::LinkContext;
 use crate::source::subscriber;
+use crate::telemetry::http::{Endpoints, ListenError, Server};
+use crate::telemetry::{Health, Metrics};
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,20 +27,29 @@ pub enum BridgeError {
     Route(#[from] RouteError),
     #[error("source TLS: {0}")]
     SourceTls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Telemetry(#[from] ListenError),
 }
 
 /// A running bridge.
 pub struct Bridge {
-    stats: Arc<BridgeStats>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     pipeline: Arc<Pipeline>,
     ctx: Arc<LinkContext>,
     starter: JoinHandle<Vec<JoinHandle<()>>>,
     shutdown_timeout: Duration,
+    telemetry_addr: Option<std::net::SocketAddr>,
+    /// Stops the HTTP endpoints and the summary line, last of all.
+    telemetry_stop: CancellationToken,
 }
 
 impl Bridge {
-    /// Starts the sinks, and attaches the source once every sink is ready.
+    /// Starts the sinks and the telemetry endpoints, and attaches the source
+    /// once every sink is ready.
     pub async fn start(config: &Config) -> Result<Bridge, BridgeError> {
+        // Bound first: a taken port fails the start before anything connects.
+        let server = Server::bind(config.telemetry.listen).await?;
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         let mut index = HashMap::new();
         for (name, sink_config) in &config.sinks.0 {
@@ -54,7 +65,18 @@ impl Bridge {
         } else {
             None
         };
-        let stats = Arc::new(BridgeStats::default());
+        let metrics = Arc::new(Metrics::new(
+            config.max_in_flight,
+            &sinks,
+            &router.route_names(),
+        ));
+        let connections = subscriber::client_ids(&config.source);
+        // Every connection's series exists from the start (at 0, detached),
+        // so alerts see a source that never attaches.
+        for name in &connections {
+            metrics.connection(name);
+        }
+        let health = Arc::new(Health::new(sinks.clone(), connections, metrics.clone()));
         // Checked like a route's targets: a name without a sink is an error.
         let dead_letter = config
             .dead_letter
@@ -78,10 +100,11 @@ impl Bridge {
                 .as_ref()
                 .map(|d| crate::dedup::Dedup::new(d.ttl.0, d.capacity)),
             config.retry.clone(),
-            stats.clone(),
+            metrics.clone(),
         ));
         let ctx = Arc::new(LinkContext {
             pipeline: pipeline.clone(),
+            metrics: metrics.clone(),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             credit: config.source.credit,
             intake_stop: CancellationToken::new(),
@@ -109,23 +132,56 @@ impl Bridge {
             tracing::info!("all sinks ready; attaching the source");
             subscriber::spawn(&source, source_tls, starter_ctx)
         });
+        let telemetry_stop = CancellationToken::new();
+        let telemetry_addr = server.local_addr();
+        let endpoints = Arc::new(Endpoints {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        });
+        tokio::spawn(server.serve(endpoints, telemetry_stop.clone()));
+        if let Some(addr) = telemetry_addr {
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        }
+        let interval = config.telemetry.summary_interval.0;
+        if !interval.is_zero() {
+            tokio::spawn(crate::telemetry::summary::log_every(
+                metrics.clone(),
+                interval,
+                telemetry_stop.clone(),
+            ));
+        }
         Ok(Bridge {
-            stats,
+            metrics,
+            health,
             pipeline,
             ctx,
             starter,
             shutdown_timeout: config.shutdown_timeout.0,
+            telemetry_addr,
+            telemetry_stop,
         })
     }
 
-    /// Live counters.
-    pub fn stats(&self) -> &Arc<BridgeStats> {
-        &self.stats
+    /// The bridge's metrics: the counters every report reads.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What `/readyz` answers from.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn telemetry_addr(&self) -> Option<std::net::SocketAddr> {
+        self.telemetry_addr
     }
 
     /// Stops intake, waits for in-flight messages to be confirmed and settled
-    /// (up to `shutdown_timeout`), detaches, and closes the sinks.
+    /// (up to `shutdown_timeout`), detaches, and closes the sinks. `/readyz`
+    /// answers 503 from the first moment; the endpoints stay up until the end.
     pub async fn shutdown(self) {
+        self.health.start_draining();
         self.ctx.intake_stop.cancel();
         let connections = self.starter.await.unwrap_or_default();
         if !self.pipeline.drain(self.shutdown_timeout).await {
@@ -138,5 +194,6 @@ impl Bridge {
         for sink in self.pipeline.sinks() {
             sink.close().await;
         }
+        self.telemetry_stop.cancel();
     }
 }

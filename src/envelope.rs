@@ -2,7 +2,11 @@
 //! copied per target), the source's application properties, and the topic
 //! levels that templates read.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use crate::telemetry::{ConnectionMetrics, SourceOutcome};
 
 /// One message from the source. Cheap to share: targets hold an `Arc<Envelope>`.
 #[derive(Clone, Debug, Default)]
@@ -103,32 +107,35 @@ pub enum Disposition {
     Release,
 }
 
+/// The link a settlement goes back to, with the delivery it settles.
+type SettleSender =
+    tokio::sync::mpsc::UnboundedSender<(fe2o3_amqp::link::delivery::DeliveryInfo, Disposition)>;
+
 /// The right to settle one delivery, and the in-flight slot it occupies.
 ///
 /// Settling sends the outcome to the link that received the delivery; if that
 /// link is gone the outcome cannot be given any more and the source will
-/// redeliver. Dropping an unsettled handle releases the delivery.
+/// redeliver. Dropping an unsettled handle releases the delivery. Either way
+/// the outcome is counted once on the delivery's connection.
 pub struct Settlement {
-    link: Option<
-        tokio::sync::mpsc::UnboundedSender<(fe2o3_amqp::link::delivery::DeliveryInfo, Disposition)>,
-    >,
+    link: Option<SettleSender>,
     info: Option<fe2o3_amqp::link::delivery::DeliveryInfo>,
+    connection: Arc<ConnectionMetrics>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Settlement {
-    /// A handle for a delivery received on a link.
+    /// A handle for a delivery received on a link of this connection.
     pub fn new(
-        link: tokio::sync::mpsc::UnboundedSender<(
-            fe2o3_amqp::link::delivery::DeliveryInfo,
-            Disposition,
-        )>,
+        link: SettleSender,
         info: fe2o3_amqp::link::delivery::DeliveryInfo,
+        connection: Arc<ConnectionMetrics>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         Settlement {
             link: Some(link),
             info: Some(info),
+            connection,
             _slot: slot,
         }
     }
@@ -140,7 +147,17 @@ impl Settlement {
 
     fn send(&mut self, disposition: Disposition) -> bool {
         match (self.link.take(), self.info.take()) {
-            (Some(link), Some(info)) => link.send((info, disposition)).is_ok(),
+            (Some(link), Some(info)) => {
+                self.connection.settled(match disposition {
+                    Disposition::Accept => SourceOutcome::Accepted,
+                    Disposition::Release => SourceOutcome::Released,
+                });
+                let sent = link.send((info, disposition)).is_ok();
+                if !sent {
+                    self.connection.unsettled();
+                }
+                sent
+            }
             _ => false,
         }
     }

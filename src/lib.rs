@@ -2,6 +2,17 @@
 //! Platform's server-side subscription) and forwards each message to the sinks
 //! its routes name, settling it at the source only after they confirmed.
 
+/// The git commit this build came from (`GIT_COMMIT` or `git rev-parse`).
+pub const BUILD_COMMIT: &str = env!("AMQP_BRIDGE_COMMIT");
+
+/// `VERSION (commit COMMIT)`, as `--version` prints it.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AMQP_BRIDGE_COMMIT"),
+    ")"
+);
+
 pub mod backoff;
 pub mod bridge;
 pub mod config;

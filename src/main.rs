@@ -16,7 +16,7 @@ use amqp_bridge::telemetry::{init_logging, LogFormat};
 #[derive(Parser)]
 #[command(
     name = "amqp-bridge",
-    version,
+    version = amqp_bridge::VERSION_LINE,
     about = "Forward an AMQP 1.0 source (Alibaba Cloud IoT Platform) to MQTT, Kafka and RocketMQ, acknowledging only after the egress confirmed"
 )]
 struct Cli {
@@ -54,6 +54,16 @@ enum Command {
     Emulate(EmulateArgs),
     /// Run the embedded demo: emulator → bridge → in-process MQTT broker.
     Demo(DemoArgs),
+    /// Exit 0 when the bridge's /readyz (or /healthz with --live) answers 200;
+    /// for container HEALTHCHECKs, which have no curl.
+    Healthcheck {
+        /// The endpoint to ask; default http://127.0.0.1:9464/readyz.
+        #[arg(long)]
+        url: Option<url::Url>,
+        /// Ask /healthz (alive) instead of /readyz (ready).
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -67,6 +77,9 @@ struct DemoArgs {
     /// Messages per second the emulator pushes; 0 = as fast as the bridge takes them.
     #[arg(long, default_value_t = 100)]
     rate: u32,
+    /// Where the bridge serves /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    telemetry_listen: std::net::SocketAddr,
     /// Print the built-in bridge configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -107,6 +120,10 @@ struct EmulateArgs {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Another host name for the generated certificate (repeatable), e.g.
+    /// the emulator's service name in a compose stack.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_names: Vec<String>,
     /// Write the PEM of the CA that verifies the generated certificate here.
     #[arg(long)]
     ca_out: Option<PathBuf>,
@@ -145,6 +162,7 @@ impl EmulateArgs {
             receiver_deadline: self.receiver_deadline,
             max_skew: self.max_skew,
             cert: self.cert.clone().zip(self.key.clone()),
+            tls_names: self.tls_names.clone(),
         })
     }
 }
@@ -181,6 +199,46 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(demo(args))
         }
+        Command::Healthcheck { url, live } => {
+            let url = match url {
+                Some(url) => url,
+                None => {
+                    let path = if live { "/healthz" } else { "/readyz" };
+                    url::Url::parse(&format!("http://127.0.0.1:9464{path}"))?
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(healthcheck(&url)))
+        }
+    }
+}
+
+/// Asks one endpoint; prints its answer and exits 0 on 200, 1 otherwise.
+async fn healthcheck(url: &url::Url) -> ExitCode {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        amqp_bridge::telemetry::http::get(url),
+    )
+    .await
+    {
+        Ok(Ok((200, body))) => {
+            println!("{}", body.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, body))) => {
+            println!("{status}: {}", body.trim_end());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {url}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("error: {url}: no answer within 5s");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -193,7 +251,9 @@ async fn run_bridge(config: Config) -> anyhow::Result<ExitCode> {
     );
     let bridge = Bridge::start(&config).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: no new messages; waiting for in-flight confirmations");
+    tracing::info!(
+        "shutting down: /readyz is 503, no new messages; waiting for in-flight confirmations"
+    );
     bridge.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -310,32 +370,35 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&ca_file, emulator.ca_pem().unwrap_or_default())
         .with_context(|| format!("writing {}", ca_file.display()))?;
     amqp_bridge::demo::start_mqtt_broker(args.mqtt_listen)?;
-    let config = amqp_bridge::demo::config(emulator.local_addr(), args.mqtt_listen, &ca_file)?;
+    let mut config = amqp_bridge::demo::config(emulator.local_addr(), args.mqtt_listen, &ca_file)?;
+    config.telemetry.listen = args.telemetry_listen;
     let bridge = Bridge::start(&config).await?;
     eprintln!(
         "demo: IoT Platform emulator on amqps://{} → amqp-bridge → MQTT broker on mqtt://{}\n\
          demo: watch with `mosquitto_sub -h {} -p {} -t 'devices/#' -v`; Ctrl-C stops\n\
-         demo: the bridge configuration: amqp-bridge demo --print-config",
+         demo: metrics on http://{}/metrics; the bridge configuration: amqp-bridge demo --print-config",
         emulator.local_addr(),
         args.mqtt_listen,
         args.mqtt_listen.ip(),
-        args.mqtt_listen.port()
+        args.mqtt_listen.port(),
+        bridge
+            .telemetry_addr()
+            .map_or_else(|| args.telemetry_listen.to_string(), |a| a.to_string()),
     );
-    let stats = bridge.stats().clone();
+    let metrics = bridge.metrics().clone();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut last_accepted = 0;
-    let get = amqp_bridge::pipeline::BridgeStats::get;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let accepted = get(&stats.accepted);
+                let accepted = metrics.accepted();
                 println!(
                     "pushed={} forwarded={} accepted={} in_flight={} msg/s={}",
                     emulator.stats().snapshot().pushed,
-                    get(&stats.forwarded),
+                    metrics.forwarded(),
                     accepted,
-                    get(&stats.in_flight),
+                    metrics.in_flight(),
                     accepted - last_accepted
                 );
                 last_accepted = accepted;
@@ -354,20 +417,28 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM. SIGHUP is logged and ignored: it must
+/// never end the process without a drain (its default action), and there is
+/// no configuration reload yet.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn next(signal: &mut Option<Signal>) -> Option<()> {
+            match signal {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        }
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                Some(()) = next(&mut terminate) => return,
+                Some(()) = next(&mut hangup) => {
+                    tracing::warn!("SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
+                }
             }
         }
     }

@@ -2,7 +2,6 @@
 //! confirmation, retry transient failures with backoff while the message keeps
 //! its in-flight slot, and settle at the source only then.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,46 +16,7 @@ use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::status_order::StatusOrder;
 use crate::route::{Route, Router, Target, Template, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
-
-/// Counters of the bridge, read by the status line, metrics and tests.
-#[derive(Debug, Default)]
-pub struct BridgeStats {
-    pub received: AtomicU64,
-    /// Target copies confirmed by their broker.
-    pub forwarded: AtomicU64,
-    pub accepted: AtomicU64,
-    pub released: AtomicU64,
-    pub unrouted: AtomicU64,
-    /// Target sends that failed and were tried again.
-    pub retries: AtomicU64,
-    /// Targets that failed for good.
-    pub failed: AtomicU64,
-    /// Failed targets whose message was written to the dead-letter sink.
-    pub dead_lettered: AtomicU64,
-    /// Deliveries that were not readable AMQP messages (rejected at the source).
-    pub undecodable: AtomicU64,
-    /// Redelivered messages dropped (and accepted) because their messageId was
-    /// already confirmed to every target.
-    pub duplicates: AtomicU64,
-    /// Status messages not forwarded by an `order_by: time` route because a
-    /// newer status of the same device was already let through.
-    pub stale_status: AtomicU64,
-    /// Deliveries being processed now.
-    pub in_flight: AtomicU64,
-    /// The highest `in_flight` seen.
-    pub in_flight_peak: AtomicU64,
-}
-
-impl BridgeStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Reads a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
+use crate::telemetry::Metrics;
 
 /// Routes and delivers messages; one task per message, its targets in parallel.
 pub struct Pipeline {
@@ -67,7 +27,7 @@ pub struct Pipeline {
     dedup: Option<Arc<Dedup>>,
     status_order: StatusOrder,
     retry: RetryConfig,
-    stats: Arc<BridgeStats>,
+    metrics: Arc<Metrics>,
     tasks: TaskTracker,
     give_up: CancellationToken,
 }
@@ -80,7 +40,7 @@ impl Pipeline {
         dead_letter: Option<usize>,
         dedup: Option<Arc<Dedup>>,
         retry: RetryConfig,
-        stats: Arc<BridgeStats>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Pipeline {
             router,
@@ -89,35 +49,30 @@ impl Pipeline {
             dedup,
             status_order: StatusOrder::default(),
             retry,
-            stats,
+            metrics,
             tasks: TaskTracker::new(),
             give_up: CancellationToken::new(),
         }
     }
 
-    /// Counts a delivery the source could not decode.
-    pub fn count_undecodable(&self) {
-        BridgeStats::bump(&self.stats.undecodable);
-    }
-
     /// Takes one delivery; it is settled once its fate is known.
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
-        BridgeStats::bump(&self.stats.received);
-        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.stats.in_flight_peak.fetch_max(now, Ordering::Relaxed);
+        let received_at = Instant::now();
+        self.metrics.observe_in_flight();
         let this = self.clone();
         self.tasks.spawn(async move {
+            let generated = generate_time(&envelope);
             let envelope = Arc::new(envelope);
             let disposition = match (&this.dedup, envelope.message_id()) {
                 (Some(dedup), Some(id)) => this.process_once(dedup, id.to_string(), envelope).await,
                 _ => this.process(envelope).await,
             };
-            let counter = match disposition {
-                Disposition::Accept => &this.stats.accepted,
-                Disposition::Release => &this.stats.released,
-            };
-            BridgeStats::bump(counter);
-            this.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            this.metrics
+                .settle_seconds
+                .observe(received_at.elapsed().as_secs_f64());
+            if let Some(age) = generated.and_then(age_seconds) {
+                this.metrics.message_age_seconds.observe(age);
+            }
             settlement.settle(disposition);
         });
     }
@@ -133,7 +88,7 @@ impl Pipeline {
         loop {
             match dedup.claim(&id) {
                 Claim::Duplicate => {
-                    BridgeStats::bump(&self.stats.duplicates);
+                    self.metrics.duplicates.inc();
                     tracing::debug!(message_id = %id, "duplicate dropped");
                     return Disposition::Accept;
                 }
@@ -152,11 +107,18 @@ impl Pipeline {
     async fn process(&self, envelope: Arc<Envelope>) -> Disposition {
         let routes = self.router.matching(&envelope);
         if routes.is_empty() {
-            BridgeStats::bump(&self.stats.unrouted);
+            let unrouted = &self.metrics.unrouted;
             return match self.router.unrouted {
-                Unrouted::Accept => Disposition::Accept,
-                Unrouted::Release => Disposition::Release,
+                Unrouted::Accept => {
+                    unrouted.accept.inc();
+                    Disposition::Accept
+                }
+                Unrouted::Release => {
+                    unrouted.release.inc();
+                    Disposition::Release
+                }
                 Unrouted::Sink(sink) => {
+                    unrouted.sink.inc();
                     // An unrouted copy keeps its platform topic (valid on MQTT too).
                     let topic = envelope.topic().map(crate::route::Template::literal);
                     let target = Target {
@@ -180,6 +142,9 @@ impl Pipeline {
                 }
             };
         }
+        for route in &routes {
+            self.metrics.route(route.index).inc();
+        }
         // Asked once per message, however many `order_by: time` routes match:
         // admitting records the status's time.
         let mut status_admitted = None;
@@ -190,7 +155,7 @@ impl Pipeline {
                     || *status_admitted.get_or_insert_with(|| {
                         let admitted = self.status_order.admit(&envelope);
                         if !admitted {
-                            BridgeStats::bump(&self.stats.stale_status);
+                            self.metrics.stale_status.inc();
                             tracing::debug!(
                                 message_id = envelope.message_id(),
                                 "older status dropped"
@@ -246,7 +211,7 @@ impl Pipeline {
         };
         match self.send_with_retry(route, dead_letter, message).await {
             Ok(()) => {
-                BridgeStats::bump(&self.stats.dead_lettered);
+                self.metrics.sink(target.sink).dead_letters.inc();
                 true
             }
             Err(_) => false,
@@ -267,7 +232,7 @@ impl Pipeline {
                 .map(|t| t.render(envelope))
                 .transpose()
                 .map_err(|e| {
-                    BridgeStats::bump(&self.stats.failed);
+                    self.metrics.sink(target.sink).permanent.inc();
                     tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot fill template");
                     SinkError::Permanent(e.to_string())
                 })
@@ -302,17 +267,19 @@ impl Pipeline {
         sink: usize,
         message: Outgoing,
     ) -> Result<(), SinkError> {
+        let metrics = self.metrics.sink(sink);
         let sink = &self.sinks[sink];
         let envelope = &message.envelope;
         let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
         let started = Instant::now();
         loop {
+            let sent = Instant::now();
             let error = match sink.send(message.clone()).await {
                 Ok(()) => {
-                    // A dead letter's confirmation is counted as dead_lettered.
-                    if message.failure.is_none() {
-                        BridgeStats::bump(&self.stats.forwarded);
-                    }
+                    metrics.confirmed.inc();
+                    metrics
+                        .confirm_seconds
+                        .observe(sent.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 Err(e) => e,
@@ -324,12 +291,15 @@ impl Pipeline {
                     .max_elapsed
                     .is_some_and(|max| started.elapsed() >= max.0),
             };
+            if matches!(error, SinkError::Transient(_)) {
+                metrics.transient.inc();
+            }
             if give_up {
-                BridgeStats::bump(&self.stats.failed);
+                metrics.permanent.inc();
                 tracing::warn!(route, sink = sink.name(), %error, message_id = envelope.message_id(), "target failed");
                 return Err(SinkError::Permanent(error.to_string()));
             }
-            BridgeStats::bump(&self.stats.retries);
+            metrics.retries.inc();
             let delay = backoff.next_delay();
             tracing::debug!(route, sink = sink.name(), %error, retry_in = ?delay, "target will be retried");
             tokio::select! {
@@ -359,4 +329,19 @@ impl Pipeline {
     pub fn sinks(&self) -> &[Arc<dyn Sink>] {
         &self.sinks
     }
+}
+
+/// The message's `generateTime`: milliseconds since the epoch.
+fn generate_time(envelope: &Envelope) -> Option<u64> {
+    envelope.property("generateTime")?.parse().ok()
+}
+
+/// Seconds since `generated` (ms since the epoch); `None` for a future time.
+fn age_seconds(generated: u64) -> Option<f64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let age = now.checked_sub(u128::from(generated))?;
+    Some(age as f64 / 1000.0)
 }

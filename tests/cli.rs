@@ -101,3 +101,21 @@ fn sign_prints_username_and_hides_the_password_unless_asked() {
         .unwrap();
     assert_eq!(password.len(), 28, "base64 of a SHA-1 HMAC: {password}");
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with(&format!(
+            "amqp-bridge {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("(commit )"), "{text}");
+}

@@ -375,3 +375,39 @@ fn rocketmq_errors_name_their_line() {
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("line 16") || err.contains(":16:"), "{err}");
 }
+
+#[test]
+fn client_ids_default_to_one_per_host_and_sink() {
+    let config = parse(&BASE.replace("  client_id: bridge-1\n", "")).unwrap();
+    let default = amqp_bridge::config::default_client_id();
+    assert!(default.starts_with("amqp-bridge-") && default.len() > "amqp-bridge-".len());
+    assert_eq!(config.source.client_id, default);
+    let Some(amqp_bridge::config::SinkConfig::Mqtt(out)) = config.sinks.0.get("out") else {
+        panic!("sink out is mqtt");
+    };
+    assert_eq!(out.client_id, format!("{default}-out"));
+    // An explicit id is kept as written.
+    let text = BASE.replace(
+        "    kind: mqtt\n",
+        "    kind: mqtt\n    client_id: GID_x@@@bridge\n",
+    );
+    let Some(amqp_bridge::config::SinkConfig::Mqtt(out)) =
+        parse(&text).unwrap().sinks.0.get("out").cloned()
+    else {
+        panic!("sink out is mqtt");
+    };
+    assert_eq!(out.client_id, "GID_x@@@bridge");
+}
+
+#[test]
+fn telemetry_defaults_to_loopback_and_a_minute_summary() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.telemetry.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(config.telemetry.summary_interval.0.as_secs(), 60);
+    let config = parse(&format!(
+        "{BASE}telemetry: {{ listen: 0.0.0.0:9000, summary_interval: 0s }}\n"
+    ))
+    .unwrap();
+    assert_eq!(config.telemetry.listen.port(), 9000);
+    assert!(config.telemetry.summary_interval.0.is_zero());
+}

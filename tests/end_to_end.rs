@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use amqp_bridge::bridge::Bridge;
@@ -113,15 +112,15 @@ async fn broker_stopped_mid_stream_loses_nothing() {
     let bridge = Bridge::start(&setup.config).await.unwrap();
     subscriber.wait_for_total(1_000, 60).await;
     broker.stop();
-    let retries_before = bridge.stats().retries.load(Ordering::Relaxed);
+    let retries_before = bridge.metrics().retries();
     // The bridge notices: sends fail and are retried while the broker is away.
     eventually("retries while the broker is down", 30, || {
-        bridge.stats().retries.load(Ordering::Relaxed) > retries_before + 10
+        bridge.metrics().retries() > retries_before + 10
     })
     .await;
     broker.start_again();
     within(180, "all accepted", emulator.all_accepted()).await;
-    let bridge_forwarded = bridge.stats().forwarded.load(Ordering::Relaxed);
+    let bridge_forwarded = bridge.metrics().forwarded();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!(stats.outstanding, 0);
@@ -227,7 +226,7 @@ async fn stalled_broker_bounds_in_flight_by_max_in_flight() {
     broker.signal("STOP");
     // With the broker frozen, intake fills the in-flight slots and stops.
     eventually("in-flight slots full", 30, || {
-        bridge.stats().in_flight.load(Ordering::Relaxed) == MAX
+        bridge.metrics().in_flight() == MAX
     })
     .await;
     let pushed = emulator.stats().snapshot().pushed;
@@ -239,7 +238,7 @@ async fn stalled_broker_bounds_in_flight_by_max_in_flight() {
     );
     broker.signal("CONT");
     within(180, "all accepted", emulator.all_accepted()).await;
-    let peak = bridge.stats().in_flight_peak.load(Ordering::Relaxed);
+    let peak = bridge.metrics().in_flight_peak();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
@@ -293,7 +292,7 @@ async fn dedup_drops_redelivered_duplicates_after_a_source_drop() {
     subscriber.wait_for_total(2_500, 60).await;
     emulator.disconnect_all();
     within(180, "all accepted", emulator.all_accepted()).await;
-    let dropped = bridge.stats().duplicates.load(Ordering::Relaxed);
+    let dropped = bridge.metrics().duplicates.get();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));

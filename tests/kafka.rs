@@ -158,12 +158,7 @@ async fn frozen_broker_loses_nothing() {
     })
     .await;
     broker.signal("STOP");
-    let retries = || {
-        bridge
-            .stats()
-            .retries
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let retries = || bridge.metrics().retries();
     let before = retries();
     eventually("failed sends retried during the freeze", 60, || {
         retries() > before

@@ -237,7 +237,7 @@ retry: {{ initial: 50ms, max: 500ms }}
     for (round, at) in [3_000u64, 8_000, 13_000].into_iter().enumerate() {
         subscriber.wait_for_total(at, 120).await;
         broker.kill();
-        let retries = || bridge.stats().retries.load(Ordering::Relaxed);
+        let retries = || bridge.metrics().retries();
         let before = retries();
         let what = format!("round {round}: retries while the broker is dead");
         eventually(&what, 30, || retries() >= before + 5).await;
@@ -390,13 +390,13 @@ dead_letter: dead
         seen.lock().unwrap().len() as u64 >= N
     })
     .await;
-    let b = bridge.stats();
+    let b = bridge.metrics();
     eprintln!(
         "v5: forwarded {} retries {} failed {} dead-lettered {}",
-        b.forwarded.load(Ordering::Relaxed),
-        b.retries.load(Ordering::Relaxed),
-        b.failed.load(Ordering::Relaxed),
-        b.dead_lettered.load(Ordering::Relaxed)
+        b.forwarded(),
+        b.retries(),
+        b.failed(),
+        b.dead_lettered()
     );
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;

@@ -210,7 +210,7 @@ retry: {{ initial: 50ms, max: 500ms }}
         } else {
             cluster.kill_broker();
         }
-        let retries = || bridge.stats().retries.load(Ordering::Relaxed);
+        let retries = || bridge.metrics().retries();
         let before = retries();
         let what = format!("round {round}: retries while the broker is down");
         eventually(&what, 30, || retries() >= before + 5).await;
@@ -218,7 +218,7 @@ retry: {{ initial: 50ms, max: 500ms }}
         cluster.start_broker();
     }
     within(300, "all accepted", emulator.all_accepted()).await;
-    let retries = bridge.stats().retries.load(Ordering::Relaxed);
+    let retries = bridge.metrics().retries();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));

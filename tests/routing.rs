@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
@@ -48,8 +47,8 @@ dead_letter: dead
     let bridge = Bridge::start(&config).await.unwrap();
     within(120, "all accepted", emulator.all_accepted()).await;
     subscriber.wait_for_total(N, 30).await;
-    let forwarded = bridge.stats().forwarded.load(Ordering::Relaxed);
-    let dead_lettered = bridge.stats().dead_lettered.load(Ordering::Relaxed);
+    let forwarded = bridge.metrics().forwarded();
+    let dead_lettered = bridge.metrics().dead_lettered();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!(
@@ -149,10 +148,7 @@ max_in_flight: 1
     let bridge = Bridge::start(&config).await.unwrap();
     within(60, "all accepted", emulator.all_accepted()).await;
     subscriber.wait_for_total(3, 30).await;
-    let stale = bridge
-        .stats()
-        .stale_status
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let stale = bridge.metrics().stale_status.get();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (6, 0));
@@ -207,12 +203,7 @@ retry: {{ initial: 50ms, max: 500ms }}
     broken_sub.wait_for_total(300, 60).await;
     broken.stop();
     let accepted_at_stop = emulator.stats().snapshot().accepted;
-    let retries = || {
-        bridge
-            .stats()
-            .retries
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let retries = || bridge.metrics().retries();
     let retries_at_stop = retries();
     // Sink `b` fails and is retried, while `a` confirms the copies in flight:
     // `a` ends up with messages `b` does not have.

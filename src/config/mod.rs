@@ -58,6 +58,24 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+/// `amqp-bridge-HOST`, HOST being `$HOSTNAME` (the pod name in Kubernetes, the
+/// container id under Docker) or the kernel's host name: the default source
+/// client id, unique per replica so replicas in one consumer group never
+/// replace each other's connection.
+pub fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "local".to_string());
+    format!("amqp-bridge-{host}")
+}
+
 fn default_max_in_flight() -> usize {
     1024
 }
@@ -136,6 +154,13 @@ impl Default for RetryConfig {
 pub struct TelemetryConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// How often `run` logs its summary line; 0s turns it off.
+    #[serde(default = "default_summary_interval")]
+    pub summary_interval: HumanDuration,
+}
+
+fn default_summary_interval() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 fn default_listen() -> SocketAddr {
@@ -146,6 +171,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             listen: default_listen(),
+            summary_interval: default_summary_interval(),
         }
     }
 }

@@ -202,8 +202,9 @@ impl TryFrom<RawMqttAuth> for MqttAuthConfig {
     }
 }
 
+/// Empty means "derive from the host and sink name" (filled in by `Sinks`).
 fn default_mqtt_client_id() -> String {
-    "amqp-bridge".to_string()
+    String::new()
 }
 fn default_keep_alive() -> HumanDuration {
     HumanDuration::from_secs(30)
@@ -527,7 +528,15 @@ impl<'de> Visitor<'de> for SinksVisitor {
         let mut sinks = BTreeMap::new();
         while let Some(name) = map.next_key::<String>()? {
             let sink = match known_sink_kind(&name).as_deref() {
-                Some("mqtt") => SinkConfig::Mqtt(Box::new(map.next_value()?)),
+                Some("mqtt") => {
+                    let mut mqtt: MqttSinkConfig = map.next_value()?;
+                    if mqtt.client_id.is_empty() {
+                        // Unique per replica and per sink: two replicas (or two
+                        // sinks to one broker) never take over each other's session.
+                        mqtt.client_id = format!("{}-{name}", super::default_client_id());
+                    }
+                    SinkConfig::Mqtt(Box::new(mqtt))
+                }
                 Some("kafka") => SinkConfig::Kafka(map.next_value()?),
                 Some("rocketmq") => SinkConfig::RocketMq(Box::new(map.next_value()?)),
                 Some("file") => SinkConfig::File(map.next_value()?),

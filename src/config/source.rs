@@ -25,6 +25,7 @@ pub struct SourceConfig {
     pub consumer_group_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iot_instance_id: Option<String>,
+    #[serde(default = "super::default_client_id")]
     pub client_id: String,
     #[serde(default)]
     pub sign_method: SignMethod,

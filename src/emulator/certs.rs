@@ -23,8 +23,9 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// Makes a fresh CA and a server certificate for `localhost` and `127.0.0.1`.
-pub fn generate() -> Result<Identity, rcgen::Error> {
+/// Makes a fresh CA and a server certificate for `localhost`, `127.0.0.1`
+/// and the `extra_names` (e.g. a compose service's host name).
+pub fn generate(extra_names: &[String]) -> Result<Identity, rcgen::Error> {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params
         .distinguished_name
@@ -37,8 +38,13 @@ pub fn generate() -> Result<Identity, rcgen::Error> {
     let ca_key = rcgen::KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let mut params = rcgen::CertificateParams::new(
+        ["localhost", "127.0.0.1"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(extra_names.iter().cloned())
+            .collect::<Vec<_>>(),
+    )?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "localhost");

@@ -107,7 +107,11 @@ impl MessageSource for Generator {
                 }),
             ),
             16 | 17 => {
-                let status = if seq % 4 == 0 { "online" } else { "offline" };
+                let status = if seq.is_multiple_of(4) {
+                    "online"
+                } else {
+                    "offline"
+                };
                 (
                     format!("/as/mqtt/status/{pk}/{dn}"),
                     json!({

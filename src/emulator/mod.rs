@@ -41,6 +41,8 @@ pub struct EmulatorConfig {
     pub max_skew: Duration,
     /// PEM certificate chain and key; `None` = generate for localhost.
     pub cert: Option<(PathBuf, PathBuf)>,
+    /// More host names for the generated certificate (beside localhost).
+    pub tls_names: Vec<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -56,6 +58,7 @@ impl Default for EmulatorConfig {
             receiver_deadline: Duration::from_secs(15),
             max_skew: Duration::from_secs(15 * 60),
             cert: None,
+            tls_names: Vec::new(),
         }
     }
 }
@@ -107,7 +110,7 @@ impl Emulator {
         }
         let identity = match &config.cert {
             Some((cert, key)) => certs::from_files(cert, key)?,
-            None => certs::generate()?,
+            None => certs::generate(&config.tls_names)?,
         };
         let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
             identity.chain,

@@ -35,6 +35,8 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub name: String,
+    /// Position in the routing table (indexes per-route metrics).
+    pub index: usize,
     properties: Vec<(String, Predicate)>,
     json: Vec<(Vec<String>, Predicate)>,
     pub targets: Vec<Target>,
@@ -144,6 +146,7 @@ impl Router {
             }
             compiled.push(Route {
                 name,
+                index: i,
                 properties: route.matcher.properties.clone().into_iter().collect(),
                 json: route
                     .matcher
@@ -175,6 +178,11 @@ impl Router {
             filters,
             unrouted,
         })
+    }
+
+    /// The route names in table order (the `route` label of metrics).
+    pub fn route_names(&self) -> Vec<String> {
+        self.routes.iter().map(|r| r.name.clone()).collect()
     }
 
     /// The routes a message matches, in order, honouring `final`.

@@ -118,6 +118,14 @@ impl Sink for FileSink {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     fn ready(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }

@@ -60,7 +60,7 @@ impl KafkaSink {
                     }
                     Err(e) => {
                         attempts += 1;
-                        if attempts == 1 || attempts % 12 == 0 {
+                        if attempts == 1 || attempts.is_multiple_of(12) {
                             tracing::warn!(sink = %sink_name, error = %e, "Kafka cluster not reachable yet");
                         }
                         std::thread::sleep(Duration::from_millis(500));
@@ -195,6 +195,14 @@ impl Sink for KafkaSink {
                 }
             }
         })
+    }
+
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {

@@ -131,6 +131,10 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     /// Resolves once the broker confirmed the message (or failed).
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>>;
+    /// The `kind:` of its configuration, for metrics labels.
+    fn kind(&self) -> &'static str;
+    /// True while the sink can deliver now (connected), for `/readyz`.
+    fn is_ready(&self) -> bool;
     /// Resolves once the sink connected for the first time.
     fn ready(&self) -> BoxFuture<'_, ()>;
     /// Disconnects cleanly.

@@ -35,6 +35,14 @@ impl Sink for StdoutSink {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     fn ready(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }

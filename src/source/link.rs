@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::pipeline::Pipeline;
+use crate::telemetry::{ConnectionMetrics, SourceOutcome};
 
 /// How a link's loop ended.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub enum LinkEnd {
 /// Everything the link loop shares with the rest of the bridge.
 pub struct LinkContext {
     pub pipeline: Arc<Pipeline>,
+    /// Where each connection's counters live.
+    pub metrics: Arc<crate::telemetry::Metrics>,
     /// One permit per message in flight, shared by all links (`max_in_flight`).
     pub slots: Arc<Semaphore>,
     /// The most credit this link may have outstanding.
@@ -37,8 +40,13 @@ pub struct LinkContext {
     pub close: CancellationToken,
 }
 
-/// Runs one attached receiver until it fails or the bridge closes.
-pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
+/// Runs one attached receiver until it fails or the bridge closes; counts
+/// what it receives and settles on `counters`.
+pub async fn run(
+    receiver: &mut Receiver,
+    ctx: &LinkContext,
+    counters: &Arc<ConnectionMetrics>,
+) -> LinkEnd {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<(DeliveryInfo, Disposition)>();
     // Permits backing the credit granted and not yet used by a delivery.
     let mut held: Option<OwnedSemaphorePermit> = None;
@@ -55,6 +63,7 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                     if let Err(e) = receiver.set_credit(granted).await {
                         return LinkEnd::Lost(format!("cannot grant credit: {e}"));
                     }
+                    counters.set_credit(granted);
                     continue;
                 }
             }
@@ -68,6 +77,7 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                     Disposition::Release => receiver.release(info).await,
                 };
                 if let Err(e) = result {
+                    counters.unsettled();
                     tracing::debug!(error = %e, "settlement not sent");
                 }
             }
@@ -79,6 +89,7 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                 // still arrives is released below.
                 stopping = true;
                 held = None;
+                counters.set_credit(0);
                 // Ask the source to use up or give back its credit now, so
                 // nothing is still on the wire when the link closes.
                 let _ = receiver.drain().await;
@@ -90,6 +101,7 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                 if let Err(e) = receiver.set_credit(granted).await {
                     return LinkEnd::Lost(format!("cannot grant credit: {e}"));
                 }
+                counters.set_credit(granted);
             }
             delivery = receiver.recv::<Body<Value>>() => {
                 let delivery = match delivery {
@@ -98,8 +110,11 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                         // Not an AMQP message we can read: counted and rejected,
                         // never accepted, and the link stays up.
                         tracing::warn!(error = %e.source, "undecodable message rejected");
-                        ctx.pipeline.count_undecodable();
+                        counters.received();
+                        counters.undecodable();
+                        counters.settled(SourceOutcome::Rejected);
                         let _ = held.as_mut().and_then(|p| p.split(1));
+                        counters.set_credit(held.as_ref().map_or(0, |p| p.num_permits()) as u32);
                         let _ = receiver.reject(e.info, None).await;
                         continue;
                     }
@@ -109,20 +124,29 @@ pub async fn run(receiver: &mut Receiver, ctx: &LinkContext) -> LinkEnd {
                     if p.num_permits() > 1 { p.split(1) } else { None }
                 }).or_else(|| held.take());
                 let info = DeliveryInfo::from(&delivery);
+                counters.received();
+                counters.set_credit(held.as_ref().map_or(0, |p| p.num_permits()) as u32);
                 if stopping || slot.is_none() {
                     // Arrived after shutdown began, or beyond the credit we gave.
-                    let _ = receiver.release(info).await;
+                    counters.settled(SourceOutcome::Released);
+                    if receiver.release(info).await.is_err() {
+                        counters.unsettled();
+                    }
                     continue;
                 }
                 let Some(envelope) = to_envelope(delivery) else {
                     // An AMQP sequence body has no byte form to forward:
                     // counted and rejected like an undecodable message.
                     tracing::warn!("message with an AMQP sequence body rejected");
-                    ctx.pipeline.count_undecodable();
+                    counters.undecodable();
+                    counters.settled(SourceOutcome::Rejected);
                     let _ = receiver.reject(info, None).await;
                     continue;
                 };
-                ctx.pipeline.dispatch(envelope, Settlement::new(settle_tx.clone(), info, slot));
+                ctx.pipeline.dispatch(
+                    envelope,
+                    Settlement::new(settle_tx.clone(), info, counters.clone(), slot),
+                );
             }
         }
     }

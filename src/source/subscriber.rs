@@ -14,6 +14,7 @@ use super::connect::{open, ConnectOptions};
 use super::link::{self, LinkContext, LinkEnd};
 use crate::backoff::Backoff;
 use crate::config::SourceConfig;
+use crate::telemetry::ConnectionMetrics;
 
 /// Starts every configured connection; each runs until `ctx.close` fires.
 pub fn spawn(
@@ -22,19 +23,29 @@ pub fn spawn(
     ctx: Arc<LinkContext>,
 ) -> Vec<JoinHandle<()>> {
     let config = Arc::new(config.clone());
-    (0..config.connections)
-        .map(|index| {
-            let client_id = if config.connections > 1 {
-                format!("{}-{}", config.client_id, index)
-            } else {
-                config.client_id.clone()
-            };
+    client_ids(&config)
+        .into_iter()
+        .map(|client_id| {
             tokio::spawn(run_connection(
                 client_id,
                 config.clone(),
                 tls.clone(),
                 ctx.clone(),
             ))
+        })
+        .collect()
+}
+
+/// The client id of each configured connection: `client_id`, or
+/// `client_id-N` when there are several. Also their `connection` label.
+pub fn client_ids(config: &SourceConfig) -> Vec<String> {
+    (0..config.connections)
+        .map(|index| {
+            if config.connections > 1 {
+                format!("{}-{}", config.client_id, index)
+            } else {
+                config.client_id.clone()
+            }
         })
         .collect()
 }
@@ -46,9 +57,14 @@ async fn run_connection(
     ctx: Arc<LinkContext>,
 ) {
     let mut backoff = Backoff::new(config.reconnect.initial.0, config.reconnect.max.0);
+    let counters = ctx.metrics.connection(&client_id);
+    let mut first = true;
     loop {
         if ctx.intake_stop.is_cancelled() {
             return;
+        }
+        if !std::mem::take(&mut first) {
+            counters.reconnecting();
         }
         let login = sign_now(&Credentials::from_config(&config, &client_id));
         let options = ConnectOptions {
@@ -65,7 +81,8 @@ async fn run_connection(
         match open(&options).await {
             Ok(mut connection) => {
                 tracing::info!(%client_id, "source connected");
-                let end = serve(&mut connection, &client_id, &config, &ctx).await;
+                counters.connected();
+                let end = serve(&mut connection, &client_id, &config, &ctx, &counters).await;
                 let _ = tokio::time::timeout(Duration::from_secs(5), connection.close()).await;
                 match end {
                     LinkEnd::Closed => return,
@@ -74,7 +91,12 @@ async fn run_connection(
                     }
                 }
             }
-            Err(e) => tracing::warn!(%client_id, error = %e, "source connection failed"),
+            Err(e) => {
+                if matches!(e, super::connect::ConnectError::LoginRefused { .. }) {
+                    counters.login_refused();
+                }
+                tracing::warn!(%client_id, error = %e, "source connection failed")
+            }
         }
         if started.elapsed() >= config.reconnect.reset_after.0 {
             backoff.reset();
@@ -94,6 +116,7 @@ async fn serve(
     client_id: &str,
     config: &SourceConfig,
     ctx: &LinkContext,
+    counters: &Arc<ConnectionMetrics>,
 ) -> LinkEnd {
     let mut session = match Session::begin(connection).await {
         Ok(s) => s,
@@ -114,7 +137,10 @@ async fn serve(
         };
         tracing::info!(%client_id, "receiver attached");
         let attached_at = Instant::now();
-        match link::run(&mut receiver, ctx).await {
+        counters.set_attached(true);
+        let end = link::run(&mut receiver, ctx, counters).await;
+        counters.set_attached(false);
+        match end {
             LinkEnd::Closed => {
                 let _ = tokio::time::timeout(Duration::from_secs(5), receiver.detach()).await;
                 let _ = session.end().await;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod mosquitto;
 pub mod proxy;
 #[cfg(feature = "rocketmq")]
@@ -94,7 +95,8 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Outp
 }
 
 /// The `source:` block of a bridge config pointing at `emulator`, trusting its
-/// CA (written into `dir`); `extra` adds indented source keys.
+/// CA (written into `dir`); `extra` adds indented source keys. A `telemetry:`
+/// line follows: endpoints on a free port, so tests can run side by side.
 pub fn source_yaml(
     emulator: &Emulator,
     dir: &std::path::Path,
@@ -106,7 +108,7 @@ pub fn source_yaml(
     format!(
         "source:\n  kind: aliyun\n  url: amqps://localhost:{port}\n  access_key_id: {AK}\n  \
          access_key_secret: {SK}\n  consumer_group_id: {GROUP}\n  client_id: {client_id}\n  \
-         tls: {{ ca_file: {ca} }}\n{extra}",
+         tls: {{ ca_file: {ca} }}\n{extra}telemetry: {{ listen: '127.0.0.1:0' }}\n",
         port = emulator.local_addr().port(),
         ca = ca.display(),
     )
@@ -230,10 +232,7 @@ pub async fn run_until_all_accepted(
 ) -> (amqp_bridge::emulator::StatsSnapshot, u64) {
     let bridge = amqp_bridge::bridge::Bridge::start(config).await.unwrap();
     within(secs, "all accepted", emulator.all_accepted()).await;
-    let retries = bridge
-        .stats()
-        .retries
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let retries = bridge.metrics().retries();
     bridge.shutdown().await;
     (emulator.shutdown().await, retries)
 }

@@ -321,6 +321,14 @@ impl Sink for MqttSink {
         })
     }
 
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     fn ready(&self) -> BoxFuture<'_, ()> {
         crate::sink::until_ready(&self.ready)
     }
@@ -390,6 +398,7 @@ impl Driver {
                 LoopEvent::Other => {}
                 LoopEvent::Failed(reason) => {
                     t.connected = false;
+                    self.ready.send_replace(false);
                     events.reset();
                     let failed = t.fail_all(&format!("disconnected from broker: {reason}"));
                     drop(t);

@@ -138,7 +138,7 @@ async fn wait_for_name_server(producer: Arc<Producer>, ready: watch::Sender<bool
             }
             Err(e) => {
                 attempts += 1;
-                if attempts == 1 || attempts % 12 == 0 {
+                if attempts == 1 || attempts.is_multiple_of(12) {
                     tracing::warn!(sink = %producer.name, error = %e, "RocketMQ name server not reachable yet");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -261,6 +261,14 @@ impl Sink for RocketMqSink {
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>> {
         let producer = Arc::clone(&self.producer);
         Box::pin(async move { producer.send(message).await })
+    }
+
+    fn kind(&self) -> &'static str {
+        "rocketmq"
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {

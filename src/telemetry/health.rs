@@ -1,0 +1,81 @@
+//! Readiness: every sink ready, every configured source connection with its
+//! receiver attached, and not draining. `/readyz` and the
+//! `amqp_bridge_ready` gauge both answer from here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::Metrics;
+use crate::sink::Sink;
+
+/// What the bridge's readiness depends on.
+pub struct Health {
+    draining: AtomicBool,
+    sinks: Vec<Arc<dyn Sink>>,
+    /// The client ids of the configured source connections.
+    connections: Vec<String>,
+    metrics: Arc<Metrics>,
+}
+
+/// The answer of one readiness check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// What is not ready, one short phrase each; empty when ready.
+    pub not_ready: Vec<String>,
+}
+
+impl Readiness {
+    /// True when nothing is missing.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready.is_empty()
+    }
+
+    /// `{"ready":…,"not_ready":[…]}` for `/readyz`.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "ready": self.is_ready(), "not_ready": self.not_ready }).to_string()
+    }
+}
+
+impl Health {
+    /// Readiness over these sinks and source connections (by client id).
+    pub fn new(sinks: Vec<Arc<dyn Sink>>, connections: Vec<String>, metrics: Arc<Metrics>) -> Self {
+        Health {
+            draining: AtomicBool::new(false),
+            sinks,
+            connections,
+            metrics,
+        }
+    }
+
+    /// Shutdown began: not ready from now on, so traffic and probes move on
+    /// before the drain.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.metrics.set_ready(false);
+    }
+
+    /// Checks every part now (and updates the `amqp_bridge_ready` gauge).
+    pub fn readiness(&self) -> Readiness {
+        let mut not_ready = Vec::new();
+        if self.draining.load(Ordering::SeqCst) {
+            not_ready.push("draining: shutting down".to_string());
+        }
+        for sink in &self.sinks {
+            if !sink.is_ready() {
+                not_ready.push(format!("sink {}: not connected", sink.name()));
+            }
+        }
+        let known = self.metrics.connections();
+        for name in &self.connections {
+            let attached = known
+                .iter()
+                .any(|c| c.name() == name.as_str() && c.is_attached());
+            if !attached {
+                not_ready.push(format!("source connection {name}: receiver not attached"));
+            }
+        }
+        let readiness = Readiness { not_ready };
+        self.metrics.set_ready(readiness.is_ready());
+        readiness
+    }
+}

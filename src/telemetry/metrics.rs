@@ -1,0 +1,658 @@
+//! The bridge's metrics: a prometheus-client registry and the handles the hot
+//! path bumps. Handles for every sink, route and connection are created once,
+//! so counting a message never looks up a label set.
+//!
+//! Labels are only ever `connection`, `route`, `sink`, `kind` and `outcome`,
+//! whose values come from the configuration — never a topic, device or
+//! message id — so the number of series is bounded by the configuration.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::sink::Sink;
+
+/// The outcome a delivery was given at the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceOutcome {
+    Accepted,
+    Released,
+    Rejected,
+    Modified,
+}
+
+/// Counters of one source connection (label `connection`).
+///
+/// Plain atomics, encoded by one collector from one snapshot so that
+/// `received = accepted + released + rejected + modified + in flight` holds in
+/// every scrape: in flight is computed from the very numbers printed.
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    name: String,
+    received: AtomicU64,
+    accepted: AtomicU64,
+    released: AtomicU64,
+    rejected: AtomicU64,
+    modified: AtomicU64,
+    unsettled: AtomicU64,
+    undecodable: AtomicU64,
+    connects: AtomicU64,
+    reconnects: AtomicU64,
+    login_refused: AtomicU64,
+    attached: AtomicU64,
+    credit: AtomicU64,
+}
+
+impl ConnectionMetrics {
+    /// The `connection` label: the connection's client id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A delivery arrived (readable or not).
+    pub fn received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery's fate was decided; counted once per received delivery.
+    pub fn settled(&self, outcome: SourceOutcome) {
+        let counter = match outcome {
+            SourceOutcome::Accepted => &self.accepted,
+            SourceOutcome::Released => &self.released,
+            SourceOutcome::Rejected => &self.rejected,
+            SourceOutcome::Modified => &self.modified,
+        };
+        // Release pairs with the collector's Acquire: a scrape that sees this
+        // settlement also sees the receipt counted before it.
+        counter.fetch_add(1, Ordering::Release);
+    }
+
+    /// An outcome could not be sent because its link was gone; the source
+    /// will redeliver the message.
+    pub fn unsettled(&self) {
+        self.unsettled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery that was not a readable AMQP message.
+    pub fn undecodable(&self) {
+        self.undecodable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was opened (logged in).
+    pub fn connected(&self) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection attempt after a loss or failure.
+    pub fn reconnecting(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The source refused the login (bad signature, key or group).
+    pub fn login_refused(&self) {
+        self.login_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the receiver link is attached now.
+    pub fn set_attached(&self, attached: bool) {
+        self.attached.store(u64::from(attached), Ordering::Relaxed);
+        if !attached {
+            self.credit.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// True while the receiver link is attached.
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Relaxed) == 1
+    }
+
+    /// The link credit currently granted.
+    pub fn set_credit(&self, credit: u32) {
+        self.credit.store(u64::from(credit), Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ConnectionSnapshot {
+        // Settlements first (Acquire), receipts after: every settlement seen
+        // has its receipt seen too, so in flight is never negative.
+        let accepted = self.accepted.load(Ordering::Acquire);
+        let released = self.released.load(Ordering::Acquire);
+        let rejected = self.rejected.load(Ordering::Acquire);
+        let modified = self.modified.load(Ordering::Acquire);
+        let received = self.received.load(Ordering::Acquire);
+        ConnectionSnapshot {
+            received,
+            accepted,
+            released,
+            rejected,
+            modified,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ConnectionSnapshot {
+    received: u64,
+    accepted: u64,
+    released: u64,
+    rejected: u64,
+    modified: u64,
+}
+
+impl ConnectionSnapshot {
+    fn settled(&self) -> u64 {
+        self.accepted + self.released + self.rejected + self.modified
+    }
+    fn in_flight(&self) -> u64 {
+        self.received.saturating_sub(self.settled())
+    }
+}
+
+/// Handles of one sink (labels `sink`, `kind`).
+#[derive(Clone, Debug)]
+pub struct SinkMetrics {
+    pub confirmed: Counter,
+    pub transient: Counter,
+    pub permanent: Counter,
+    pub retries: Counter,
+    pub dead_letters: Counter,
+    pub confirm_seconds: Histogram,
+}
+
+/// Handles of the unrouted policy's outcomes.
+#[derive(Clone, Debug)]
+pub struct UnroutedMetrics {
+    pub accept: Counter,
+    pub release: Counter,
+    pub sink: Counter,
+}
+
+/// Every metric of one bridge, and the registry that prints them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Arc<RwLock<Vec<Arc<ConnectionMetrics>>>>,
+    sinks: Vec<SinkMetrics>,
+    routes: Vec<Counter>,
+    pub unrouted: UnroutedMetrics,
+    pub duplicates: Counter,
+    pub stale_status: Counter,
+    /// Receive → settle.
+    pub settle_seconds: Histogram,
+    /// Now − `generateTime` when the message is settled.
+    pub message_age_seconds: Histogram,
+    in_flight_peak: AtomicU64,
+    ready: Gauge,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Latency buckets from 0.5 ms to about 33 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 17)
+}
+
+/// Age buckets from 10 ms to about 3 days (the platform keeps messages 1 day).
+fn age_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 3.0, 18)
+}
+
+impl Metrics {
+    /// Registers every metric; `sinks` in the pipeline's order and `routes`
+    /// (their names) in the router's order.
+    pub fn new(max_in_flight: usize, sinks: &[Arc<dyn Sink>], routes: &[String]) -> Self {
+        let mut registry = Registry::default();
+        let connections: Arc<RwLock<Vec<Arc<ConnectionMetrics>>>> = Arc::default();
+        registry.register_collector(Box::new(SourceCollector {
+            connections: connections.clone(),
+        }));
+
+        let max = Gauge::<i64>::default();
+        max.set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
+        registry.register(
+            "amqp_bridge_max_in_flight",
+            "Messages the bridge may hold unsettled at once (max_in_flight)",
+            max,
+        );
+        let unrouted = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_unrouted",
+            "Messages no route matched, by what the unrouted policy did (accept, release, sink)",
+            unrouted.clone(),
+        );
+        let unrouted_outcome =
+            |outcome: &str| unrouted.get_or_create_owned(&vec![("outcome", outcome.to_string())]);
+        let unrouted = UnroutedMetrics {
+            accept: unrouted_outcome("accept"),
+            release: unrouted_outcome("release"),
+            sink: unrouted_outcome("sink"),
+        };
+        let duplicates = Counter::default();
+        registry.register(
+            "amqp_bridge_duplicates",
+            "Redelivered messages dropped because their messageId was already confirmed",
+            duplicates.clone(),
+        );
+        let stale_status = Counter::default();
+        registry.register(
+            "amqp_bridge_stale_status",
+            "Device status messages dropped because a newer status of the device was already forwarded",
+            stale_status.clone(),
+        );
+        let settle_seconds = Histogram::new(latency_buckets());
+        registry.register_with_unit(
+            "amqp_bridge_settle",
+            "Time from receiving a message to settling it at the source",
+            Unit::Seconds,
+            settle_seconds.clone(),
+        );
+        let message_age_seconds = Histogram::new(age_buckets());
+        registry.register_with_unit(
+            "amqp_bridge_message_age",
+            "Age of a message when settled: now minus its generateTime property",
+            Unit::Seconds,
+            message_age_seconds.clone(),
+        );
+
+        let matched = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_route_matched",
+            "Messages a route matched",
+            matched.clone(),
+        );
+        let routes = routes
+            .iter()
+            .map(|name| matched.get_or_create_owned(&vec![("route", name.clone())]))
+            .collect();
+
+        let copies = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_sink_copies",
+            "Copies sent to a sink by outcome: confirmed by the broker, transient failure (retried), permanent failure",
+            copies.clone(),
+        );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_sink_retries",
+            "Copies sent again after a transient failure",
+            retries.clone(),
+        );
+        let dead_letters = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_sink_dead_letters",
+            "Copies that failed for good on this sink and were written to the dead-letter sink",
+            dead_letters.clone(),
+        );
+        let confirm = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "amqp_bridge_sink_confirm",
+            "Time from sending a copy to its broker's confirmation",
+            Unit::Seconds,
+            confirm.clone(),
+        );
+        registry.register_collector(Box::new(SinkReadyCollector {
+            sinks: sinks.to_vec(),
+        }));
+        let sinks = sinks
+            .iter()
+            .map(|sink| {
+                let (name, kind) = (sink.name().to_string(), sink.kind());
+                let labels = |outcome: Option<&str>| {
+                    let mut l: Labels = vec![("sink", name.clone()), ("kind", kind.to_string())];
+                    if let Some(outcome) = outcome {
+                        l.push(("outcome", outcome.to_string()));
+                    }
+                    l
+                };
+                SinkMetrics {
+                    confirmed: copies.get_or_create_owned(&labels(Some("confirmed"))),
+                    transient: copies.get_or_create_owned(&labels(Some("transient"))),
+                    permanent: copies.get_or_create_owned(&labels(Some("permanent"))),
+                    retries: retries.get_or_create_owned(&labels(None)),
+                    dead_letters: dead_letters.get_or_create_owned(&labels(None)),
+                    confirm_seconds: confirm.get_or_create_owned(&labels(None)),
+                }
+            })
+            .collect();
+
+        let ready = Gauge::<i64>::default();
+        registry.register(
+            "amqp_bridge_ready",
+            "1 when every sink is ready and every source connection has its receiver attached (what /readyz says)",
+            ready.clone(),
+        );
+        registry.register(
+            "amqp_bridge_build",
+            "Version and git commit of this build",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("commit", crate::BUILD_COMMIT.to_string()),
+            ]),
+        );
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+
+        Metrics {
+            registry,
+            connections,
+            sinks,
+            routes,
+            unrouted,
+            duplicates,
+            stale_status,
+            settle_seconds,
+            message_age_seconds,
+            in_flight_peak: AtomicU64::new(0),
+            ready,
+        }
+    }
+
+    /// The counters of a source connection, created on first use.
+    pub fn connection(&self, name: &str) -> Arc<ConnectionMetrics> {
+        let mut connections = self
+            .connections
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = connections.iter().find(|c| c.name == name) {
+            return existing.clone();
+        }
+        let created = Arc::new(ConnectionMetrics {
+            name: name.to_string(),
+            ..ConnectionMetrics::default()
+        });
+        connections.push(created.clone());
+        created
+    }
+
+    /// The source connections known so far.
+    pub fn connections(&self) -> Vec<Arc<ConnectionMetrics>> {
+        self.connections
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Handles of the sink at this pipeline index.
+    pub fn sink(&self, index: usize) -> &SinkMetrics {
+        &self.sinks[index]
+    }
+
+    /// The matched counter of the route at this router index.
+    pub fn route(&self, index: usize) -> &Counter {
+        &self.routes[index]
+    }
+
+    /// Records the in-flight level after a message entered the pipeline.
+    pub fn observe_in_flight(&self) {
+        self.in_flight_peak
+            .fetch_max(self.in_flight(), Ordering::Relaxed);
+    }
+
+    /// Records what `/readyz` answers, for the `amqp_bridge_ready` gauge.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Prints every metric in the Prometheus text format (0.0.4).
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+
+    fn total(&self, pick: impl Fn(&ConnectionSnapshot) -> u64) -> u64 {
+        self.connections().iter().map(|c| pick(&c.snapshot())).sum()
+    }
+
+    fn sink_total(&self, pick: impl Fn(&SinkMetrics) -> &Counter) -> u64 {
+        self.sinks.iter().map(|s| pick(s).get()).sum()
+    }
+
+    /// Deliveries received from the source, all connections.
+    pub fn received(&self) -> u64 {
+        self.total(|s| s.received)
+    }
+    /// Deliveries accepted at the source.
+    pub fn accepted(&self) -> u64 {
+        self.total(|s| s.accepted)
+    }
+    /// Deliveries released for redelivery.
+    pub fn released(&self) -> u64 {
+        self.total(|s| s.released)
+    }
+    /// Deliveries rejected (unreadable).
+    pub fn rejected(&self) -> u64 {
+        self.total(|s| s.rejected)
+    }
+    /// Received and not settled yet.
+    pub fn in_flight(&self) -> u64 {
+        self.total(ConnectionSnapshot::in_flight)
+    }
+    /// The highest in-flight level seen.
+    pub fn in_flight_peak(&self) -> u64 {
+        self.in_flight_peak.load(Ordering::Relaxed)
+    }
+    /// Deliveries that were not readable messages.
+    pub fn undecodable(&self) -> u64 {
+        self.connections()
+            .iter()
+            .map(|c| c.undecodable.load(Ordering::Relaxed))
+            .sum()
+    }
+    /// Copies confirmed by their broker, dead letters not included (each
+    /// dead letter written is one confirmation at the dead-letter sink).
+    pub fn forwarded(&self) -> u64 {
+        self.sink_total(|s| &s.confirmed)
+            .saturating_sub(self.dead_lettered())
+    }
+    /// Copies sent again after a transient failure.
+    pub fn retries(&self) -> u64 {
+        self.sink_total(|s| &s.retries)
+    }
+    /// Copies that failed for good.
+    pub fn failed(&self) -> u64 {
+        self.sink_total(|s| &s.permanent)
+    }
+    /// Failed copies written to the dead-letter sink.
+    pub fn dead_lettered(&self) -> u64 {
+        self.sink_total(|s| &s.dead_letters)
+    }
+    /// Messages no route matched.
+    pub fn unrouted(&self) -> u64 {
+        self.unrouted.accept.get() + self.unrouted.release.get() + self.unrouted.sink.get()
+    }
+}
+
+/// Seconds as the histograms take them.
+pub fn seconds(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64()
+}
+
+/// Encodes each sink's readiness as it is at scrape time.
+struct SinkReadyCollector {
+    sinks: Vec<Arc<dyn Sink>>,
+}
+
+impl std::fmt::Debug for SinkReadyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkReadyCollector")
+    }
+}
+
+impl Collector for SinkReadyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "amqp_bridge_sink_ready",
+            "1 while the sink is connected and can deliver",
+            None,
+            MetricType::Gauge,
+        )?;
+        for sink in &self.sinks {
+            let l = vec![
+                ("sink", sink.name().to_string()),
+                ("kind", sink.kind().to_string()),
+            ];
+            ConstGauge::new(i64::from(sink.is_ready())).encode(family.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes the source connections' counters from one snapshot each, and the
+/// in-flight gauge from the same numbers.
+#[derive(Debug)]
+struct SourceCollector {
+    connections: Arc<RwLock<Vec<Arc<ConnectionMetrics>>>>,
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let snapshots: Vec<_> = connections.iter().map(|c| (c, c.snapshot())).collect();
+        let labels = |c: &ConnectionMetrics| vec![("connection", c.name.clone())];
+
+        let in_flight: u64 = snapshots.iter().map(|(_, s)| s.in_flight()).sum();
+        let gauge = ConstGauge::new(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "amqp_bridge_in_flight",
+            "Messages received and not settled yet (received minus settlements)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
+        let mut counter =
+            |name: &str,
+             help: &str,
+             value: &dyn Fn(&ConnectionMetrics, &ConnectionSnapshot) -> u64| {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (c, s) in &snapshots {
+                    let l = labels(c);
+                    ConstCounter::new(value(c, s)).encode(family.encode_family(&l)?)?;
+                }
+                Ok::<(), std::fmt::Error>(())
+            };
+        counter(
+            "amqp_bridge_source_received",
+            "Deliveries received from the source",
+            &|_, s| s.received,
+        )?;
+        counter(
+            "amqp_bridge_source_undecodable",
+            "Deliveries that were not readable AMQP messages (rejected)",
+            &|c, _| c.undecodable.load(Ordering::Relaxed),
+        )?;
+        counter(
+            "amqp_bridge_source_unsettled",
+            "Outcomes that could not be sent because the link was gone (the source redelivers)",
+            &|c, _| c.unsettled.load(Ordering::Relaxed),
+        )?;
+        counter(
+            "amqp_bridge_source_connects",
+            "Source connections opened",
+            &|c, _| c.connects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            "amqp_bridge_source_reconnects",
+            "Source connection attempts after a loss or a failure",
+            &|c, _| c.reconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            "amqp_bridge_source_login_refused",
+            "Logins the source refused",
+            &|c, _| c.login_refused.load(Ordering::Relaxed),
+        )?;
+
+        {
+            let mut settlements = encoder.encode_descriptor(
+                "amqp_bridge_source_settlements",
+                "Deliveries settled at the source, by outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, s) in &snapshots {
+                for (outcome, value) in [
+                    ("accepted", s.accepted),
+                    ("released", s.released),
+                    ("rejected", s.rejected),
+                    ("modified", s.modified),
+                ] {
+                    let l = vec![("connection", c.name.clone()), ("outcome", outcome.into())];
+                    ConstCounter::new(value).encode(settlements.encode_family(&l)?)?;
+                }
+            }
+        }
+
+        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&ConnectionMetrics) -> u64| {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (c, _) in &snapshots {
+                let l = labels(c);
+                let v = i64::try_from(value(c)).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&l)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        gauge(
+            "amqp_bridge_source_attached",
+            "1 while the connection's receiver link is attached",
+            &|c| c.attached.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            "amqp_bridge_source_credit",
+            "Link credit currently granted to the source",
+            &|c| c.credit.load(Ordering::Relaxed),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_print_with_their_labels_and_invariant() {
+        let out: Arc<dyn Sink> = Arc::new(crate::sink::stdout::StdoutSink::new("out"));
+        let metrics = Metrics::new(8, &[out], &["props".to_string()]);
+        let c = metrics.connection("bridge-0");
+        for _ in 0..3 {
+            c.received();
+        }
+        c.settled(SourceOutcome::Accepted);
+        c.settled(SourceOutcome::Released);
+        metrics.sink(0).confirmed.inc();
+        metrics.route(0).inc();
+        let text = metrics.encode();
+        assert!(text.contains("amqp_bridge_source_received_total{connection=\"bridge-0\"} 3\n"));
+        assert!(text.contains(
+            "amqp_bridge_source_settlements_total{connection=\"bridge-0\",outcome=\"accepted\"} 1\n"
+        ));
+        assert!(text.contains("amqp_bridge_in_flight 1\n"));
+        assert!(text.contains("amqp_bridge_max_in_flight 8\n"));
+        assert!(text.contains(
+            "amqp_bridge_sink_copies_total{sink=\"out\",kind=\"stdout\",outcome=\"confirmed\"} 1\n"
+        ));
+        assert!(text.contains("amqp_bridge_route_matched_total{route=\"props\"} 1\n"));
+        assert!(text.contains("amqp_bridge_sink_confirm_seconds_bucket{"));
+        assert!(text.contains("# TYPE amqp_bridge_build_info gauge"));
+        assert_eq!(metrics.in_flight(), 1);
+        assert_eq!(metrics.forwarded(), 1);
+        // The same connection name gives the same counters.
+        assert!(Arc::ptr_eq(&c, &metrics.connection("bridge-0")));
+    }
+}
