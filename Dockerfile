@@ -4,6 +4,9 @@
 #
 # Build (needs BuildKit, the default builder of Docker ≥ 23):
 #   docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t amqp-bridge .
+# With podman/buildah add `--format docker`: the default OCI format has no
+# HEALTHCHECK and drops it. scripts/container-image.sh builds the
+# runtime-prebuilt target that way and tests/container.rs runs it.
 # Run:
 #   docker run --rm -p 9464:9464 \
 #     -v $PWD/bridge.yaml:/etc/amqp-bridge/bridge.yaml:ro \

@@ -40,8 +40,9 @@ pub struct Bridge {
     starter: JoinHandle<Vec<JoinHandle<()>>>,
     shutdown_timeout: Duration,
     telemetry_addr: Option<std::net::SocketAddr>,
-    /// Stops the HTTP endpoints and the summary line, last of all.
-    telemetry_stop: CancellationToken,
+    /// Stops the HTTP endpoints and the summary line, last of all (or when
+    /// the bridge is dropped without a shutdown).
+    telemetry_stop: tokio_util::sync::DropGuard,
 }
 
 impl Bridge {
@@ -158,7 +159,7 @@ impl Bridge {
             starter,
             shutdown_timeout: config.shutdown_timeout.0,
             telemetry_addr,
-            telemetry_stop,
+            telemetry_stop: telemetry_stop.drop_guard(),
         })
     }
 
@@ -194,6 +195,6 @@ impl Bridge {
         for sink in self.pipeline.sinks() {
             sink.close().await;
         }
-        self.telemetry_stop.cancel();
+        drop(self.telemetry_stop);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::telemetry::{ConnectionMetrics, SourceOutcome};
+use crate::telemetry::ConnectionMetrics;
 
 /// One message from the source. Cheap to share: targets hold an `Arc<Envelope>`.
 #[derive(Clone, Debug, Default)]
@@ -115,8 +115,9 @@ type SettleSender =
 ///
 /// Settling sends the outcome to the link that received the delivery; if that
 /// link is gone the outcome cannot be given any more and the source will
-/// redeliver. Dropping an unsettled handle releases the delivery. Either way
-/// the outcome is counted once on the delivery's connection.
+/// redeliver. Dropping an unsettled handle releases the delivery. The link
+/// counts the outcome once it gave it; an outcome that cannot reach the link
+/// any more is counted here as unsettled.
 pub struct Settlement {
     link: Option<SettleSender>,
     info: Option<fe2o3_amqp::link::delivery::DeliveryInfo>,
@@ -148,10 +149,6 @@ impl Settlement {
     fn send(&mut self, disposition: Disposition) -> bool {
         match (self.link.take(), self.info.take()) {
             (Some(link), Some(info)) => {
-                self.connection.settled(match disposition {
-                    Disposition::Accept => SourceOutcome::Accepted,
-                    Disposition::Release => SourceOutcome::Released,
-                });
                 let sent = link.send((info, disposition)).is_ok();
                 if !sent {
                     self.connection.unsettled();

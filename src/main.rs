@@ -249,8 +249,9 @@ async fn run_bridge(config: Config) -> anyhow::Result<ExitCode> {
         connections = config.source.connections,
         "starting amqp-bridge"
     );
+    let mut signals = Signals::install();
     let bridge = Bridge::start(&config).await?;
-    shutdown_signal().await;
+    signals.shutdown().await;
     tracing::info!(
         "shutting down: /readyz is 503, no new messages; waiting for in-flight confirmations"
     );
@@ -287,10 +288,14 @@ fn sign(path: &Path, show_password: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install();
     let config = args.to_config()?;
     let emulator = Emulator::start(config.clone()).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, emulator.ca_pem()) {
-        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+        // Written aside and renamed: whoever waits for the file never reads half of it.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, pem).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("CA certificate written to {}", path.display());
     }
     eprintln!(
@@ -328,7 +333,7 @@ async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
                     last_pushed = s.pushed;
                 }
                 _ = &mut done => break true,
-                _ = shutdown_signal() => break false,
+                _ = signals.shutdown() => break false,
             }
         }
     };
@@ -351,6 +356,7 @@ async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install();
     let ca_file =
         std::env::temp_dir().join(format!("amqp-bridge-demo-ca-{}.pem", std::process::id()));
     if args.print_config {
@@ -403,7 +409,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 );
                 last_accepted = accepted;
             }
-            _ = shutdown_signal() => break,
+            _ = signals.shutdown() => break,
         }
     }
     eprintln!("demo: stopping");
@@ -417,33 +423,54 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM. SIGHUP is logged and ignored: it must
-/// never end the process without a drain (its default action), and there is
-/// no configuration reload yet.
-async fn shutdown_signal() {
+/// SIGINT/SIGTERM end the process (after a drain); SIGHUP is logged and
+/// ignored: it must never end the process without a drain (its default
+/// action), and there is no configuration reload yet. Installed before
+/// anything starts, so no signal finds the default action in place.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, Signal, SignalKind};
-        async fn next(signal: &mut Option<Signal>) -> Option<()> {
-            match signal {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
             }
         }
-        let mut terminate = signal(SignalKind::terminate()).ok();
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return,
-                Some(()) = next(&mut terminate) => return,
-                Some(()) = next(&mut hangup) => {
-                    tracing::warn!("SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Resolves on SIGINT or SIGTERM.
+    async fn shutdown(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+                match signal {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    Some(()) = next(&mut self.terminate) => return,
+                    Some(()) = next(&mut self.hangup) => {
+                        tracing::warn!("SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -58,7 +58,7 @@ impl Pipeline {
     /// Takes one delivery; it is settled once its fate is known.
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
         let received_at = Instant::now();
-        self.metrics.observe_in_flight();
+        self.metrics.pipeline_entered();
         let this = self.clone();
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);
@@ -73,6 +73,7 @@ impl Pipeline {
             if let Some(age) = generated.and_then(age_seconds) {
                 this.metrics.message_age_seconds.observe(age);
             }
+            this.metrics.pipeline_left();
             settlement.settle(disposition);
         });
     }

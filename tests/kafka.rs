@@ -164,8 +164,19 @@ async fn frozen_broker_loses_nothing() {
         retries() > before
     })
     .await;
+    // A failed send makes the sink not ready (for /readyz and sink_ready)
+    // until a send gets through again.
+    let not_ready = bridge.health().readiness();
+    assert!(
+        not_ready.not_ready.iter().any(|r| r.contains("sink")),
+        "ready during the freeze: {not_ready:?}"
+    );
     broker.signal("CONT");
     within(300, "all accepted", emulator.all_accepted()).await;
+    assert!(
+        bridge.health().readiness().is_ready(),
+        "not ready after the broker came back"
+    );
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));

@@ -44,15 +44,26 @@ retry: {{ initial: 50ms, max: 500ms }}
     Config::parse(&text, Path::new("telemetry.yaml"), |_| None).expect("test config parses")
 }
 
-/// received = accepted + released + rejected + modified + in flight, in one scrape.
+/// received = accepted + released + rejected + modified + unsettled + in
+/// flight, in one scrape; and in flight never exceeds max_in_flight (it is
+/// computed from the counters, so a miscount shows as an impossible level).
 fn assert_invariant(s: &Scrape) {
     let received = s.count("amqp_bridge_source_received_total", &[]);
     let settled = s.count("amqp_bridge_source_settlements_total", &[]);
+    let unsettled = s.count("amqp_bridge_source_unsettled_total", &[]);
     let in_flight = s.count("amqp_bridge_in_flight", &[]);
     assert_eq!(
         received,
-        settled + in_flight,
-        "received {received} != settled {settled} + in flight {in_flight}"
+        settled + unsettled + in_flight,
+        "received {received} != settled {settled} + unsettled {unsettled} + in flight {in_flight}"
+    );
+    assert!(
+        settled + unsettled <= received,
+        "more settlements than deliveries"
+    );
+    assert!(
+        in_flight <= s.count("amqp_bridge_max_in_flight", &[]),
+        "in flight {in_flight} above max_in_flight"
     );
 }
 
@@ -86,6 +97,12 @@ async fn metrics_count_every_message_exactly_and_pass_promtool() {
         }
     }
     subscriber.wait_for_total(N, 30).await;
+    // The link counts an acceptance once it was given; the emulator may have
+    // it a moment before.
+    eventually("every acceptance counted", 10, || {
+        bridge.metrics().accepted() == N
+    })
+    .await;
 
     let s = scrape(addr).await;
     assert_invariant(&s);
@@ -274,9 +291,18 @@ async fn readyz_follows_the_broker_and_turns_503_when_the_drain_starts() {
     // Drained: nothing left unsettled, and the source saw exactly the
     // bridge's acceptances (the rest were released for redelivery).
     assert_eq!(metrics.in_flight(), 0);
+    assert_eq!(
+        metrics.unsettled(),
+        0,
+        "every outcome was given before detaching"
+    );
     assert_eq!(metrics.received(), metrics.accepted() + metrics.released());
     let stats = emulator.shutdown().await;
-    assert_eq!(stats.accepted, metrics.accepted());
+    assert_eq!(
+        (stats.accepted, stats.released),
+        (metrics.accepted(), metrics.released()),
+        "the emulator saw exactly the outcomes the bridge counted"
+    );
 }
 
 /// Every `expr` of the dashboard JSON, with Grafana's variables filled in.

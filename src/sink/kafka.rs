@@ -29,6 +29,7 @@ pub struct KafkaSink {
     /// from then on, so a new one (new producer id) takes over.
     producer: Arc<RwLock<(u64, FutureProducer)>>,
     ready: watch::Receiver<bool>,
+    last_send: Arc<super::LastSend>,
 }
 
 impl KafkaSink {
@@ -73,6 +74,7 @@ impl KafkaSink {
             client: Arc::new(client),
             producer: Arc::new(RwLock::new((0, producer))),
             ready,
+            last_send: super::LastSend::new(),
         })
     }
 }
@@ -162,6 +164,39 @@ pub fn classify(error: &KafkaError) -> SinkError {
     }
 }
 
+/// Sends one record and waits for its delivery report; a fatal producer
+/// error replaces the producer (the copy is retried on the new one).
+async fn send_record(
+    message: &Outgoing,
+    generation: u64,
+    producer: FutureProducer,
+    shared: &Arc<RwLock<(u64, FutureProducer)>>,
+    client: &ClientConfig,
+    name: &str,
+) -> Result<(), SinkError> {
+    let topic = message.topic.clone().unwrap_or_default();
+    let body = message.envelope.body.clone();
+    let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
+        .payload(&body[..])
+        .headers(headers(message));
+    if let Some(key) = &message.key {
+        record = record.key(key.as_bytes());
+    }
+    // Timeout::Never: a full local queue waits here (backpressure).
+    match producer.send(record, Timeout::Never).await {
+        Ok(_) => Ok(()),
+        Err((error, _)) => {
+            if let Some(fatal) = producer.client().fatal_error() {
+                replace_fatal(shared, generation, client, name, &fatal.1);
+                return Err(SinkError::Transient(format!(
+                    "producer replaced after fatal error: {error}"
+                )));
+            }
+            Err(classify(&error))
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
         &self.name
@@ -172,28 +207,11 @@ impl Sink for KafkaSink {
         let shared = self.producer.clone();
         let client = Arc::clone(&self.client);
         let name = Arc::clone(&self.name);
+        let last_send = Arc::clone(&self.last_send);
         Box::pin(async move {
-            let topic = message.topic.clone().unwrap_or_default();
-            let body = message.envelope.body.clone();
-            let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
-                .payload(&body[..])
-                .headers(headers(&message));
-            if let Some(key) = &message.key {
-                record = record.key(key.as_bytes());
-            }
-            // Timeout::Never: a full local queue waits here (backpressure).
-            match producer.send(record, Timeout::Never).await {
-                Ok(_) => Ok(()),
-                Err((error, _)) => {
-                    if let Some(fatal) = producer.client().fatal_error() {
-                        replace_fatal(&shared, generation, &client, &name, &fatal.1);
-                        return Err(SinkError::Transient(format!(
-                            "producer replaced after fatal error: {error}"
-                        )));
-                    }
-                    Err(classify(&error))
-                }
-            }
+            let result = send_record(&message, generation, producer, &shared, &client, &name).await;
+            last_send.record(&result);
+            result
         })
     }
 
@@ -202,7 +220,7 @@ impl Sink for KafkaSink {
     }
 
     fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() && self.last_send.ok()
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {

@@ -94,6 +94,33 @@ pub(crate) fn until_ready(ready: &tokio::sync::watch::Receiver<bool>) -> BoxFutu
     })
 }
 
+/// Whether a sink's last send got through, for the readiness of sinks whose
+/// client keeps no connection state we can ask (Kafka, RocketMQ): a transient
+/// failure makes the sink not ready until a send succeeds again.
+#[derive(Debug)]
+pub(crate) struct LastSend(std::sync::atomic::AtomicBool);
+
+impl LastSend {
+    pub(crate) fn new() -> Arc<LastSend> {
+        Arc::new(LastSend(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    /// Records a send's result; a permanent failure says nothing about the broker.
+    pub(crate) fn record(&self, result: &Result<(), SinkError>) {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(()) => self.0.store(true, Ordering::Relaxed),
+            Err(SinkError::Transient(_)) => self.0.store(false, Ordering::Relaxed),
+            Err(SinkError::Permanent(_)) => {}
+        }
+    }
+
+    /// False after a transient failure until the next success.
+    pub(crate) fn ok(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Why a message became a dead letter, written alongside it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Failure {

@@ -40,14 +40,44 @@ pub struct LinkContext {
     pub close: CancellationToken,
 }
 
+/// Outcomes on their way from the pipeline back to the link.
+type SettleQueue = mpsc::UnboundedReceiver<(DeliveryInfo, Disposition)>;
+
 /// Runs one attached receiver until it fails or the bridge closes; counts
-/// what it receives and settles on `counters`.
+/// what it receives and settles on `counters`. An outcome counts as a
+/// settlement only once the link sent it; one the link can no longer send
+/// counts as unsettled (the source redelivers it).
 pub async fn run(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
 ) -> LinkEnd {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<(DeliveryInfo, Disposition)>();
+    let end = receive(receiver, ctx, counters, settle_tx, &mut settle_rx).await;
+    // Outcomes still queued can no longer be given on this link; later ones
+    // find the queue closed (counted by their Settlement).
+    settle_rx.close();
+    while settle_rx.try_recv().is_ok() {
+        counters.unsettled();
+    }
+    end
+}
+
+/// Counts the result of giving one outcome at the source.
+fn count_outcome<E>(counters: &ConnectionMetrics, outcome: SourceOutcome, result: Result<(), E>) {
+    match result {
+        Ok(()) => counters.settled(outcome),
+        Err(_) => counters.unsettled(),
+    }
+}
+
+async fn receive(
+    receiver: &mut Receiver,
+    ctx: &LinkContext,
+    counters: &Arc<ConnectionMetrics>,
+    settle_tx: mpsc::UnboundedSender<(DeliveryInfo, Disposition)>,
+    settle_rx: &mut SettleQueue,
+) -> LinkEnd {
     // Permits backing the credit granted and not yet used by a delivery.
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut stopping = ctx.intake_stop.is_cancelled();
@@ -72,14 +102,14 @@ pub async fn run(
         tokio::select! {
             biased;
             Some((info, disposition)) = settle_rx.recv() => {
-                let result = match disposition {
-                    Disposition::Accept => receiver.accept(info).await,
-                    Disposition::Release => receiver.release(info).await,
+                let (outcome, result) = match disposition {
+                    Disposition::Accept => (SourceOutcome::Accepted, receiver.accept(info).await),
+                    Disposition::Release => (SourceOutcome::Released, receiver.release(info).await),
                 };
-                if let Err(e) = result {
-                    counters.unsettled();
+                if let Err(e) = &result {
                     tracing::debug!(error = %e, "settlement not sent");
                 }
+                count_outcome(counters, outcome, result);
             }
             _ = ctx.close.cancelled() => return LinkEnd::Closed,
             _ = ctx.intake_stop.cancelled(), if !stopping => {
@@ -112,10 +142,11 @@ pub async fn run(
                         tracing::warn!(error = %e.source, "undecodable message rejected");
                         counters.received();
                         counters.undecodable();
-                        counters.settled(SourceOutcome::Rejected);
                         let _ = held.as_mut().and_then(|p| p.split(1));
+                        held = held.filter(|p| p.num_permits() > 0);
                         counters.set_credit(held.as_ref().map_or(0, |p| p.num_permits()) as u32);
-                        let _ = receiver.reject(e.info, None).await;
+                        let result = receiver.reject(e.info, None).await;
+                        count_outcome(counters, SourceOutcome::Rejected, result);
                         continue;
                     }
                     Err(e) => return LinkEnd::Lost(format!("link failed: {e}")),
@@ -128,10 +159,8 @@ pub async fn run(
                 counters.set_credit(held.as_ref().map_or(0, |p| p.num_permits()) as u32);
                 if stopping || slot.is_none() {
                     // Arrived after shutdown began, or beyond the credit we gave.
-                    counters.settled(SourceOutcome::Released);
-                    if receiver.release(info).await.is_err() {
-                        counters.unsettled();
-                    }
+                    let result = receiver.release(info).await;
+                    count_outcome(counters, SourceOutcome::Released, result);
                     continue;
                 }
                 let Some(envelope) = to_envelope(delivery) else {
@@ -139,8 +168,8 @@ pub async fn run(
                     // counted and rejected like an undecodable message.
                     tracing::warn!("message with an AMQP sequence body rejected");
                     counters.undecodable();
-                    counters.settled(SourceOutcome::Rejected);
-                    let _ = receiver.reject(info, None).await;
+                    let result = receiver.reject(info, None).await;
+                    count_outcome(counters, SourceOutcome::Rejected, result);
                     continue;
                 };
                 ctx.pipeline.dispatch(

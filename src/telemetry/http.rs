@@ -9,12 +9,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,13 @@ pub struct ListenError {
     addr: SocketAddr,
     source: std::io::Error,
 }
+
+/// Open connections served at once; more are closed on arrival.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay open in all (keep-alive included).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the endpoints answer from.
 pub struct Endpoints {
@@ -53,30 +61,44 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
-    /// Answers requests until `stop` fires.
+    /// Answers requests until `stop` fires. At most [`MAX_CONNECTIONS`] at
+    /// once, each given [`HEADER_TIMEOUT`] to send its request and
+    /// [`IDLE_TIMEOUT`] in all: a scraper or probe needs one request, and a
+    /// slow or idle client must not pin tasks and file descriptors.
     pub async fn serve(self, endpoints: Arc<Endpoints>, stop: CancellationToken) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let stream = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
+                        // Out of file descriptors, typically: back off rather than spin.
                         tracing::warn!(error = %e, "telemetry: accept failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 },
                 _ = stop.cancelled() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Too many open connections: this one is closed at once.
+                continue;
+            };
             let endpoints = endpoints.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |request| {
                     let endpoints = endpoints.clone();
                     async move { Ok::<_, Infallible>(answer(&endpoints, &request)) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = connection => {}
+                    _ = tokio::time::sleep(IDLE_TIMEOUT) => {}
                     _ = stop.cancelled() => {}
                 }
             });

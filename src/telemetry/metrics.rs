@@ -34,8 +34,10 @@ pub enum SourceOutcome {
 /// Counters of one source connection (label `connection`).
 ///
 /// Plain atomics, encoded by one collector from one snapshot so that
-/// `received = accepted + released + rejected + modified + in flight` holds in
-/// every scrape: in flight is computed from the very numbers printed.
+/// `received = accepted + released + rejected + modified + unsettled + in
+/// flight` holds in every scrape: in flight is computed from the very numbers
+/// printed. (`unsettled`: outcomes the link could not give any more; 0 unless
+/// a link or connection died with messages in flight.)
 #[derive(Debug, Default)]
 pub struct ConnectionMetrics {
     name: String,
@@ -64,7 +66,7 @@ impl ConnectionMetrics {
         self.received.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A delivery's fate was decided; counted once per received delivery.
+    /// The link gave this outcome at the source.
     pub fn settled(&self, outcome: SourceOutcome) {
         let counter = match outcome {
             SourceOutcome::Accepted => &self.accepted,
@@ -77,10 +79,10 @@ impl ConnectionMetrics {
         counter.fetch_add(1, Ordering::Release);
     }
 
-    /// An outcome could not be sent because its link was gone; the source
+    /// An outcome could not be given because its link was gone; the source
     /// will redeliver the message.
     pub fn unsettled(&self) {
-        self.unsettled.fetch_add(1, Ordering::Relaxed);
+        self.unsettled.fetch_add(1, Ordering::Release);
     }
 
     /// A delivery that was not a readable AMQP message.
@@ -128,6 +130,7 @@ impl ConnectionMetrics {
         let released = self.released.load(Ordering::Acquire);
         let rejected = self.rejected.load(Ordering::Acquire);
         let modified = self.modified.load(Ordering::Acquire);
+        let unsettled = self.unsettled.load(Ordering::Acquire);
         let received = self.received.load(Ordering::Acquire);
         ConnectionSnapshot {
             received,
@@ -135,6 +138,7 @@ impl ConnectionMetrics {
             released,
             rejected,
             modified,
+            unsettled,
         }
     }
 }
@@ -146,11 +150,12 @@ struct ConnectionSnapshot {
     released: u64,
     rejected: u64,
     modified: u64,
+    unsettled: u64,
 }
 
 impl ConnectionSnapshot {
     fn settled(&self) -> u64 {
-        self.accepted + self.released + self.rejected + self.modified
+        self.accepted + self.released + self.rejected + self.modified + self.unsettled
     }
     fn in_flight(&self) -> u64 {
         self.received.saturating_sub(self.settled())
@@ -190,6 +195,8 @@ pub struct Metrics {
     pub settle_seconds: Histogram,
     /// Now − `generateTime` when the message is settled.
     pub message_age_seconds: Histogram,
+    /// Messages inside the pipeline now, and the most there ever were.
+    in_pipeline: AtomicU64,
     in_flight_peak: AtomicU64,
     ready: Gauge,
 }
@@ -201,7 +208,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0005, 2.0, 17)
 }
 
-/// Age buckets from 10 ms to about 3 days (the platform keeps messages 1 day).
+/// Age buckets from 10 ms to about 15 days (the platform keeps messages 1 day).
 fn age_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.01, 3.0, 18)
 }
@@ -277,7 +284,7 @@ impl Metrics {
         let copies = Family::<Labels, Counter>::default();
         registry.register(
             "amqp_bridge_sink_copies",
-            "Copies sent to a sink by outcome: confirmed by the broker, transient failure (retried), permanent failure",
+            "Sends to a sink by result: confirmed by the broker; transient failure (each failed attempt; retried until it succeeds or is given up); permanent (the copy failed for good: dead-lettered or released)",
             copies.clone(),
         );
         let retries = Family::<Labels, Counter>::default();
@@ -352,6 +359,7 @@ impl Metrics {
             stale_status,
             settle_seconds,
             message_age_seconds,
+            in_pipeline: AtomicU64::new(0),
             in_flight_peak: AtomicU64::new(0),
             ready,
         }
@@ -392,10 +400,15 @@ impl Metrics {
         &self.routes[index]
     }
 
-    /// Records the in-flight level after a message entered the pipeline.
-    pub fn observe_in_flight(&self) {
-        self.in_flight_peak
-            .fetch_max(self.in_flight(), Ordering::Relaxed);
+    /// A message entered the pipeline; keeps the peak for `in_flight_peak`.
+    pub fn pipeline_entered(&self) {
+        let now = self.in_pipeline.fetch_add(1, Ordering::Relaxed) + 1;
+        self.in_flight_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// A message left the pipeline (its outcome is decided).
+    pub fn pipeline_left(&self) {
+        self.in_pipeline.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Records what `/readyz` answers, for the `amqp_bridge_ready` gauge.
@@ -435,11 +448,15 @@ impl Metrics {
     pub fn rejected(&self) -> u64 {
         self.total(|s| s.rejected)
     }
+    /// Outcomes the link could not give any more (the source redelivers).
+    pub fn unsettled(&self) -> u64 {
+        self.total(|s| s.unsettled)
+    }
     /// Received and not settled yet.
     pub fn in_flight(&self) -> u64 {
         self.total(ConnectionSnapshot::in_flight)
     }
-    /// The highest in-flight level seen.
+    /// The most messages the pipeline held at once.
     pub fn in_flight_peak(&self) -> u64 {
         self.in_flight_peak.load(Ordering::Relaxed)
     }
@@ -494,7 +511,7 @@ impl Collector for SinkReadyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "amqp_bridge_sink_ready",
-            "1 while the sink is connected and can deliver",
+            "1 while the sink can deliver: MQTT connected; Kafka and RocketMQ reached at start and their last send not failed transiently",
             None,
             MetricType::Gauge,
         )?;
@@ -530,7 +547,7 @@ impl Collector for SourceCollector {
         let gauge = ConstGauge::new(i64::try_from(in_flight).unwrap_or(i64::MAX));
         gauge.encode(encoder.encode_descriptor(
             "amqp_bridge_in_flight",
-            "Messages received and not settled yet (received minus settlements)",
+            "Messages received and not settled yet (received minus settlements minus unsettled)",
             None,
             MetricType::Gauge,
         )?)?;
@@ -559,8 +576,8 @@ impl Collector for SourceCollector {
         )?;
         counter(
             "amqp_bridge_source_unsettled",
-            "Outcomes that could not be sent because the link was gone (the source redelivers)",
-            &|c, _| c.unsettled.load(Ordering::Relaxed),
+            "Deliveries whose outcome could not be given because the link was gone (the source redelivers them)",
+            &|_, s| s.unsettled,
         )?;
         counter(
             "amqp_bridge_source_connects",
@@ -581,7 +598,7 @@ impl Collector for SourceCollector {
         {
             let mut settlements = encoder.encode_descriptor(
                 "amqp_bridge_source_settlements",
-                "Deliveries settled at the source, by outcome",
+                "Outcomes given at the source, by outcome",
                 None,
                 MetricType::Counter,
             )?;

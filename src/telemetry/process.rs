@@ -23,10 +23,9 @@ struct ProcessStats {
     max_fds: Option<u64>,
 }
 
-/// Clock ticks per second of `/proc/*/stat` times; 100 on every Linux
-/// platform this runs on (USER_HZ).
+/// Clock ticks per second of `/proc/*/stat` times: USER_HZ, which the kernel
+/// fixes at 100 for user space on every architecture.
 const TICKS_PER_SECOND: f64 = 100.0;
-const PAGE_SIZE: u64 = 4096;
 
 fn read_stats() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -34,12 +33,24 @@ fn read_stats() -> Option<ProcessStats> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state): utime is 14, stime 15, starttime 22,
-    // vsize 23, rss 24 (1-based, as in proc(5)).
+    // vsize 23 (1-based, as in proc(5)). Resident memory comes from
+    // /proc/self/status in kB, which needs no page size.
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     let boot_time = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+    let resident_kb: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })?;
     let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     let max_fds = std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -54,7 +65,7 @@ fn read_stats() -> Option<ProcessStats> {
         });
     Some(ProcessStats {
         cpu_seconds: (field(14)? + field(15)?) as f64 / TICKS_PER_SECOND,
-        resident_bytes: field(24)? * PAGE_SIZE,
+        resident_bytes: resident_kb * 1024,
         virtual_bytes: field(23)?,
         start_time_seconds: boot_time as f64 + field(22)? as f64 / TICKS_PER_SECOND,
         open_fds,

@@ -61,9 +61,12 @@ impl Scrape {
         }
     }
 
-    /// The sum of every sample of `name` whose labels include all of `with`.
+    /// The sum of every sample of `name` whose labels include all of `with`;
+    /// fails the test when there is none (a renamed or missing series must
+    /// not read as 0).
     pub fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
-        self.samples
+        let values: Vec<f64> = self
+            .samples
             .iter()
             .filter(|(n, labels, _)| {
                 n == name
@@ -71,8 +74,13 @@ impl Scrape {
                         .iter()
                         .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map(|(_, _, v)| v)
-            .sum()
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "no sample {name} with {with:?} in the scrape"
+        );
+        values.iter().sum()
     }
 
     /// The sum as a whole number (counters and gauges of counts).

@@ -43,6 +43,7 @@ const UNHEALTHY_FOR: Duration = Duration::from_secs(1);
 pub struct RocketMqSink {
     producer: Arc<Producer>,
     ready: watch::Receiver<bool>,
+    last_send: Arc<crate::sink::LastSend>,
     probe: tokio::task::JoinHandle<()>,
 }
 
@@ -121,6 +122,7 @@ impl RocketMqSink {
         Ok(RocketMqSink {
             producer,
             ready,
+            last_send: crate::sink::LastSend::new(),
             probe,
         })
     }
@@ -260,7 +262,12 @@ impl Sink for RocketMqSink {
 
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>> {
         let producer = Arc::clone(&self.producer);
-        Box::pin(async move { producer.send(message).await })
+        let last_send = Arc::clone(&self.last_send);
+        Box::pin(async move {
+            let result = producer.send(message).await;
+            last_send.record(&result);
+            result
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -268,7 +275,7 @@ impl Sink for RocketMqSink {
     }
 
     fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() && self.last_send.ok()
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
