@@ -203,9 +203,22 @@ async fn wrong_secret_never_connects_and_backs_off() {
         "attempts came too fast: {:?}",
         first.elapsed()
     );
+    let readiness = bridge.health().readiness();
+    assert!(
+        readiness
+            .not_ready
+            .iter()
+            .any(|r| r.contains("source connection bridge-e2e")),
+        "ready while the login is refused: {readiness:?}"
+    );
+    let metrics = bridge.metrics().clone();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.logins_ok, stats.pushed), (0, 0));
+    // Every refusal the emulator gave was counted, each retry a reconnect.
+    assert_eq!(metrics.login_refused(), stats.logins_refused);
+    assert_eq!(metrics.reconnects(), stats.logins_refused - 1);
+    assert_eq!((metrics.connects(), metrics.received()), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

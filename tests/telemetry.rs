@@ -500,7 +500,7 @@ async fn sighup_is_ignored_and_sigterm_drains_the_process() {
             "source: {{ kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, \
              access_key_secret: b, consumer_group_id: g, client_id: hup }}\n\
              sinks:\n  out: {{ kind: stdout }}\n\
-             telemetry: {{ listen: '127.0.0.1:{port}', summary_interval: 0s }}\n"
+             telemetry: {{ listen: '127.0.0.1:{port}', summary_interval: 200ms }}\n"
         ),
     )
     .unwrap();
@@ -538,6 +538,13 @@ async fn sighup_is_ignored_and_sigterm_drains_the_process() {
     );
     // Not ready: the source never attaches.
     assert_eq!(get(addr, "/readyz").await.0, 503);
+    // The periodic summary line, with the same counters as /metrics.
+    eventually("a summary line", 10, || {
+        let log = log.lock().unwrap();
+        log.lines()
+            .any(|l| l.contains("summary") && l.contains("received") && l.contains("in_flight"))
+    })
+    .await;
 
     signal(child.id(), "HUP");
     eventually("the SIGHUP log line", 10, || {

@@ -460,12 +460,29 @@ impl Metrics {
     pub fn in_flight_peak(&self) -> u64 {
         self.in_flight_peak.load(Ordering::Relaxed)
     }
-    /// Deliveries that were not readable messages.
-    pub fn undecodable(&self) -> u64 {
+    /// Logins the source refused, all connections.
+    pub fn login_refused(&self) -> u64 {
+        self.connection_total(|c| &c.login_refused)
+    }
+    /// Connections opened, all connections.
+    pub fn connects(&self) -> u64 {
+        self.connection_total(|c| &c.connects)
+    }
+    /// Connection attempts after a loss or failure, all connections.
+    pub fn reconnects(&self) -> u64 {
+        self.connection_total(|c| &c.reconnects)
+    }
+
+    fn connection_total(&self, pick: impl Fn(&ConnectionMetrics) -> &AtomicU64) -> u64 {
         self.connections()
             .iter()
-            .map(|c| c.undecodable.load(Ordering::Relaxed))
+            .map(|c| pick(c).load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Deliveries that were not readable messages.
+    pub fn undecodable(&self) -> u64 {
+        self.connection_total(|c| &c.undecodable)
     }
     /// Copies confirmed by their broker, dead letters not included (each
     /// dead letter written is one confirmation at the dead-letter sink).
