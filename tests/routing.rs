@@ -235,3 +235,56 @@ retry: {{ initial: 50ms, max: 500ms }}
         assert!(ok, "sink {name}: {} of {N} ids", sub.counts().len());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_missing_message_ids_are_never_taken_for_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six messages without a usable id (empty, blank, missing) between two
+    // with one; dedup on. Each must be forwarded, none dropped as a duplicate.
+    let mut lines = Vec::new();
+    for (i, id) in ["\"\"", "\" \"", "null", "\"\"", "null", "\"\""]
+        .iter()
+        .enumerate()
+    {
+        lines.push(format!(
+            r#"{{"topic": "/pk/dn{i}/thing/event/property/post", "body": "m{i}", "messageId": {id}}}"#
+        ));
+    }
+    lines.push(r#"{"topic": "/pk/dnA/thing/event/property/post", "body": "a", "messageId": "1000000000000000001"}"#.into());
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(&messages, lines.join("\n")).unwrap();
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let out = dir.path().join("out.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-empty-ids", "");
+    let text = format!(
+        r##"{source}sinks:
+  out: {{ kind: file, path: {out} }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: out }} ] }}
+dedup: {{ ttl: 10m }}
+"##,
+        out = out.display(),
+    );
+    let config = Config::parse(&text, Path::new("empty-ids.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    let duplicates = bridge.metrics().duplicates.get();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (7, 0));
+    assert_eq!(
+        duplicates, 0,
+        "a message without an id was dropped as a duplicate"
+    );
+    let bodies: Vec<String> = read_jsonl(&out)
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = bodies.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["a", "m0", "m1", "m2", "m3", "m4", "m5"],
+        "{bodies:?}"
+    );
+}

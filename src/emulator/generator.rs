@@ -13,7 +13,8 @@ use crate::source::aliyun::now_ms;
 /// `topic`, `messageId` and `generateTime`, and any extra ones.
 #[derive(Clone, Debug)]
 pub struct PlatformMessage {
-    pub message_id: String,
+    /// `None` sends no `messageId` property at all (replayed `"messageId": null`).
+    pub message_id: Option<String>,
     pub topic: String,
     pub generate_time: i64,
     pub body: Bytes,
@@ -140,7 +141,7 @@ impl MessageSource for Generator {
             ),
         };
         Some(PlatformMessage {
-            message_id: (self.id_base + seq).to_string(),
+            message_id: Some((self.id_base + seq).to_string()),
             topic,
             generate_time: now,
             body: Bytes::from(body.to_string()),
@@ -151,7 +152,7 @@ impl MessageSource for Generator {
 
 /// Replays messages from a JSON-lines file: `{"topic": ..., "body": ...,
 /// "messageId"?: ..., "properties"?: {...}}`; a string body is sent as is,
-/// any other JSON value as its text.
+/// any other JSON value as its text. `"messageId": null` sends none.
 pub struct FileMessages {
     messages: std::vec::IntoIter<PlatformMessage>,
 }
@@ -181,10 +182,13 @@ impl FileMessages {
             let generated = ids
                 .next_message()
                 .ok_or_else(|| at(&"id generator exhausted"))?;
-            let message_id = value["messageId"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or(generated.message_id);
+            // A string is sent as given (even empty), null means no
+            // property at all, and an absent key gets a generated id.
+            let message_id = match &value["messageId"] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Null if value.get("messageId").is_some() => None,
+                _ => generated.message_id,
+            };
             let extra_properties = value["properties"]
                 .as_object()
                 .map(|m| {
@@ -260,6 +264,6 @@ mod tests {
         for key in ["status", "time", "utcTime", "lastTime"] {
             assert!(body.get(key).is_some(), "{key} in {body}");
         }
-        assert_eq!(msgs[0].message_id.len(), 19);
+        assert_eq!(msgs[0].message_id.as_deref().map(str::len), Some(19));
     }
 }

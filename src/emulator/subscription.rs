@@ -93,10 +93,12 @@ impl Pending {
     /// The AMQP message: binary body and the platform's application properties.
     pub fn to_amqp(&self) -> Message<Data> {
         let m = &self.message;
-        let mut props = ApplicationProperties::builder()
-            .insert("topic", SimpleValue::String(m.topic.clone()))
-            .insert("messageId", SimpleValue::String(m.message_id.clone()))
-            .insert("generateTime", SimpleValue::Long(m.generate_time));
+        let mut props =
+            ApplicationProperties::builder().insert("topic", SimpleValue::String(m.topic.clone()));
+        if let Some(id) = &m.message_id {
+            props = props.insert("messageId", SimpleValue::String(id.clone()));
+        }
+        props = props.insert("generateTime", SimpleValue::Long(m.generate_time));
         for (k, v) in &m.extra_properties {
             props = props.insert(k.as_str(), SimpleValue::String(v.clone()));
         }
@@ -300,7 +302,7 @@ impl Subscription {
             Err(_) => &self.stats.unsettled_at_disconnect,
         };
         Stats::bump(counter);
-        tracing::debug!(message_id = %pending.message.message_id, ?outcome, "not accepted; will redeliver");
+        tracing::debug!(message_id = ?pending.message.message_id, ?outcome, "not accepted; will redeliver");
         let mut q = self.lock();
         let id = q.delayed_seq;
         q.delayed_seq += 1;
