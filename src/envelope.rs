@@ -53,7 +53,8 @@ impl Envelope {
     /// An empty (or null, which renders empty) id counts as absent: taken
     /// as an id, every such message would be a "duplicate" of the first.
     pub fn message_id(&self) -> Option<&str> {
-        self.property("messageId").filter(|id| !id.trim().is_empty())
+        self.property("messageId")
+            .filter(|id| !id.trim().is_empty())
     }
 
     /// `productKey` and `deviceName` from the platform topic shapes

@@ -13,10 +13,21 @@ use crate::backoff::Backoff;
 use crate::config::RetryConfig;
 use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
-use crate::route::status_order::StatusOrder;
+use crate::route::status_order::{Admission, StatusOrder, StatusTicket};
 use crate::route::{Route, Router, Target, Template, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
 use crate::telemetry::Metrics;
+
+/// How one copy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Its broker confirmed it.
+    Confirmed,
+    /// It failed for good and the dead-letter sink confirmed it.
+    DeadLettered,
+    /// Neither: the message must be released.
+    Failed,
+}
 
 /// Routes and delivers messages; one task per message, its targets in parallel.
 pub struct Pipeline {
@@ -25,7 +36,7 @@ pub struct Pipeline {
     /// Where permanently failed copies go (index into `sinks`).
     dead_letter: Option<usize>,
     dedup: Option<Arc<Dedup>>,
-    status_order: StatusOrder,
+    status_order: Arc<StatusOrder>,
     retry: RetryConfig,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
@@ -47,7 +58,7 @@ impl Pipeline {
             sinks,
             dead_letter,
             dedup,
-            status_order: StatusOrder::default(),
+            status_order: Arc::new(StatusOrder::default()),
             retry,
             metrics,
             tasks: TaskTracker::new(),
@@ -132,13 +143,12 @@ impl Pipeline {
                         tag: None,
                         keys: Vec::new(),
                     };
-                    if self
+                    match self
                         .deliver_or_dead_letter("unrouted", &target, &envelope)
                         .await
                     {
-                        Disposition::Accept
-                    } else {
-                        Disposition::Release
+                        Delivery::Failed => Disposition::Release,
+                        Delivery::Confirmed | Delivery::DeadLettered => Disposition::Accept,
                     }
                 }
             };
@@ -146,50 +156,83 @@ impl Pipeline {
         for route in &routes {
             self.metrics.route(route.index).inc();
         }
-        // Asked once per message, however many `order_by: time` routes match:
-        // admitting records the status's time.
-        let mut status_admitted = None;
+        // Asked once per message, however many `order_by: time` routes match.
+        let mut status = None;
+        let mut ordered = true;
+        if routes.iter().any(|route| route.order_by_time) {
+            match self.admit_status(&envelope).await {
+                Some(ticket) => status = ticket,
+                None => ordered = false,
+            }
+        }
+        let envelope = &envelope;
         let sends = routes
             .iter()
-            .filter(|route| {
-                !route.order_by_time
-                    || *status_admitted.get_or_insert_with(|| {
-                        let admitted = self.status_order.admit(&envelope);
-                        if !admitted {
-                            self.metrics.stale_status.inc();
-                            tracing::debug!(
-                                message_id = envelope.message_id(),
-                                "older status dropped"
-                            );
-                        }
-                        admitted
-                    })
-            })
-            .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route.name.as_str(), t)))
-            .map(|(route, target)| self.deliver_or_dead_letter(route, target, &envelope));
+            .filter(|route| ordered || !route.order_by_time)
+            .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route, t)))
+            .map(|(route, target)| async move {
+                let outcome = self
+                    .deliver_or_dead_letter(&route.name, target, envelope)
+                    .await;
+                (route.order_by_time, outcome)
+            });
         let results = join_all(sends).await;
-        if results.iter().all(|delivered| *delivered) {
+        if let Some(ticket) = status {
+            // Recorded as the device's newest only when every ordered copy
+            // reached its broker: a dead-lettered status hides no older one.
+            ticket.finish(
+                results
+                    .iter()
+                    .filter(|(ordered, _)| *ordered)
+                    .all(|(_, outcome)| *outcome == Delivery::Confirmed),
+            );
+        }
+        if results
+            .iter()
+            .all(|(_, outcome)| *outcome != Delivery::Failed)
+        {
             Disposition::Accept
         } else {
             Disposition::Release
         }
     }
 
-    /// True when the copy was confirmed, or failed for good and was confirmed
-    /// by the dead-letter sink; false means the message must be released.
+    /// For a message on an `order_by: time` route: `None` when it is older
+    /// than a status already delivered for its device (dropped, counted),
+    /// else the ticket to report its outcome with (`Some(None)` for a message
+    /// that is not an ordered status). Waits while another status of the
+    /// same device is in flight.
+    async fn admit_status(&self, envelope: &Envelope) -> Option<Option<StatusTicket>> {
+        loop {
+            match self.status_order.admit(envelope) {
+                Admission::Unordered => return Some(None),
+                Admission::Go(ticket) => return Some(Some(ticket)),
+                Admission::Stale => {
+                    self.metrics.stale_status.inc();
+                    tracing::debug!(message_id = envelope.message_id(), "older status dropped");
+                    return None;
+                }
+                Admission::Wait(mut ended) => {
+                    let _ = ended.wait_for(|ended| *ended).await;
+                }
+            }
+        }
+    }
+
+    /// Sends one copy; a copy that fails for good goes to the dead-letter sink.
     async fn deliver_or_dead_letter(
         &self,
         route: &str,
         target: &Target,
         envelope: &Arc<Envelope>,
-    ) -> bool {
+    ) -> Delivery {
         let error = match self.deliver(route, target, envelope).await {
-            Ok(()) => return true,
-            Err(SinkError::Transient(_)) => return false,
+            Ok(()) => return Delivery::Confirmed,
+            Err(SinkError::Transient(_)) => return Delivery::Failed,
             Err(SinkError::Permanent(error)) => error,
         };
         let Some(dead_letter) = self.dead_letter else {
-            return false;
+            return Delivery::Failed;
         };
         let message = Outgoing {
             envelope: envelope.clone(),
@@ -213,9 +256,9 @@ impl Pipeline {
         match self.send_with_retry(route, dead_letter, message).await {
             Ok(()) => {
                 self.metrics.sink(target.sink).dead_letters.inc();
-                true
+                Delivery::DeadLettered
             }
-            Err(_) => false,
+            Err(_) => Delivery::Failed,
         }
     }
 

@@ -113,11 +113,6 @@ async fn out_of_order_status_messages_are_filtered_per_device() {
     // Arrival order d1: 03, 01, 02, 04; d2: 02, 01. One message in flight at a
     // time (credit 1, max_in_flight 1), so arrival order is processing order.
     let messages = dir.path().join("status.jsonl");
-    let status = |dn: &str, sec: u32, state: &str| {
-        format!(
-            r#"{{"topic":"/as/mqtt/status/a1P/{dn}","body":{{"status":"{state}","productKey":"a1P","deviceName":"{dn}","utcTime":"2026-11-22T00:00:{sec:02}.000Z","time":"2026-11-22 08:00:{sec:02}.000"}}}}"#
-        )
-    };
     let lines = [
         status("d1", 3, "offline"),
         status("d1", 1, "online"),
@@ -287,4 +282,147 @@ dedup: {{ ttl: 10m }}
         ["a", "m0", "m1", "m2", "m3", "m4", "m5"],
         "{bodies:?}"
     );
+}
+
+/// One platform status message (replay format) of device `dn` at second `sec`.
+fn status(dn: &str, sec: u32, state: &str) -> String {
+    format!(
+        r#"{{"topic":"/as/mqtt/status/a1P/{dn}","body":{{"status":"{state}","productKey":"a1P","deviceName":"{dn}","utcTime":"2026-11-22T00:00:{sec:02}.000Z","time":"2026-11-22 08:00:{sec:02}.000"}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_newer_status_does_not_hide_an_older_one() {
+    // The newer status A (t2) is refused by the broker (MQTT 5, ACL) and
+    // dead-lettered; the older B (t1) arrives after it. B was never
+    // overtaken by a delivered status, so it must be tried and (refused
+    // too) dead-lettered — never dropped as stale and accepted unsent.
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("status.jsonl");
+    std::fs::write(
+        &messages,
+        [status("d1", 2, "offline"), status("d1", 1, "online")].join("\n"),
+    )
+    .unwrap();
+    let broker = Mosquitto::start_with(|dir| {
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "topic readwrite allowed/#\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
+        format!("acl_file {}", acl.display())
+    });
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-status-dl", "  credit: 1\n");
+    let text = format!(
+        r##"{source}sinks:
+  mqtt: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{mqtt}", client_id: status-dl-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - name: status
+    match: {{ topic: "/as/mqtt/status/#" }}
+    order_by: time
+    to:
+      - {{ sink: mqtt, topic: "denied/{{deviceName}}", qos: 1 }}
+dead_letter: dead
+max_in_flight: 1
+"##,
+        mqtt = broker.port,
+        dead = dead.display(),
+    );
+    let config = Config::parse(&text, Path::new("status-dl.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    let stale = bridge.metrics().stale_status.get();
+    let dead_lettered = bridge.metrics().dead_lettered();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (2, 0));
+    assert_eq!(stale, 0, "B was dropped as stale behind an undelivered A");
+    assert_eq!(dead_lettered, 2);
+    let times: Vec<String> = read_jsonl(&dead)
+        .iter()
+        .map(|l| {
+            let body: serde_json::Value =
+                serde_json::from_str(l["body"].as_str().unwrap()).unwrap();
+            body["utcTime"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        times,
+        ["2026-11-22T00:00:02.000Z", "2026-11-22T00:00:01.000Z"],
+        "both statuses dead-lettered, in arrival order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_many_in_flight_the_retained_status_is_each_devices_newest() {
+    // Many devices, each with statuses in shuffled order, and 64 messages in
+    // flight: statuses of one device go one at a time, and none older than a
+    // delivered one is sent, so the retained status is always the newest.
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("status.jsonl");
+    let mut lines = Vec::new();
+    for round in 0..6u32 {
+        for d in 0..20 {
+            // Seconds 1..=6 in an order that differs per device.
+            let sec = (round * 7 + d * 3) % 6 + 1;
+            lines.push(status(
+                &format!("d{d}"),
+                sec,
+                if sec % 2 == 0 { "offline" } else { "online" },
+            ));
+        }
+    }
+    std::fs::write(&messages, lines.join("\n")).unwrap();
+    let broker = Mosquitto::start();
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let source = source_yaml(&emulator, dir.path(), "bridge-status-many", "");
+    let text = format!(
+        r##"{source}sinks:
+  mqtt: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: status-many-out }}
+routes:
+  - name: status
+    match: {{ topic: "/as/mqtt/status/#" }}
+    order_by: time
+    to:
+      - {{ sink: mqtt, topic: "status/{{deviceName}}", qos: 1, retain: true }}
+max_in_flight: 64
+"##,
+        mqtt = broker.port,
+    );
+    let config = Config::parse(&text, Path::new("status-many.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (120, 0));
+    // A fresh subscriber gets each device's retained status at once.
+    let port = broker.port;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "status/#"])
+            .args(["-C", "20", "-W", "10", "-F", "%t %p"])
+            .output()
+            .expect("mosquitto_sub (./scripts/install-test-deps.sh installs it)")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut newest = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        let body: serde_json::Value = serde_json::from_str(payload).unwrap();
+        newest.insert(
+            topic.to_string(),
+            body["utcTime"].as_str().unwrap().to_string(),
+        );
+    }
+    assert_eq!(newest.len(), 20, "one retained status per device: {text}");
+    for (topic, time) in &newest {
+        assert_eq!(
+            time, "2026-11-22T00:00:06.000Z",
+            "{topic} retained an older status"
+        );
+    }
 }

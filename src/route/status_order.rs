@@ -1,41 +1,164 @@
 //! Device status ordering: the platform pushes online/offline messages in no
-//! particular order, so a route with `order_by: time` remembers, per device,
-//! the newest status time it let through and drops anything older.
+//! particular order, so a route with `order_by: time` drops a status older
+//! than one already *delivered* for the same device.
+//!
+//! The rule, exactly: per device, one status is in flight at a time (the next
+//! waits for its outcome); a status is dropped (and accepted) only when a
+//! newer one of that device was confirmed by every `order_by` target. A
+//! status that was dead-lettered or released records nothing, so an older one
+//! that arrived meanwhile is forwarded instead of silently dropped. Devices
+//! are remembered in a bounded LRU (`hashlink`, already in the build) and
+//! forgotten after `idle` without a status.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
+use tokio::sync::watch;
 
 use crate::envelope::Envelope;
 
-/// The newest status time seen per `productKey/deviceName`.
-#[derive(Default)]
+/// How many devices are remembered (about 150 bytes each).
+pub const DEFAULT_CAPACITY: usize = 200_000;
+/// A device quiet this long is forgotten (the platform keeps messages a day).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// The newest delivered status time per `productKey/deviceName`, and the
+/// status of each device in flight now.
 pub struct StatusOrder {
-    newest: Mutex<HashMap<String, String>>,
+    devices: Mutex<LruCache<String, Device>>,
+    idle: Duration,
+}
+
+struct Device {
+    /// The newest status time confirmed by every target.
+    delivered: Option<String>,
+    /// Turns true when the status in flight for this device has its outcome.
+    busy: Option<watch::Receiver<bool>>,
+    touched: Instant,
+}
+
+/// What to do with a message on an `order_by: time` route.
+pub enum Admission {
+    /// Not a status with a device and a time: forward as usual.
+    Unordered,
+    /// Older than a status already delivered: drop (and accept).
+    Stale,
+    /// Another status of the device is in flight: wait for it, then ask again.
+    Wait(watch::Receiver<bool>),
+    /// Forward it, then report how it went with [`StatusTicket::finish`].
+    Go(StatusTicket),
+}
+
+/// The right to forward one device's status; dropping it unfinished counts
+/// as "not delivered".
+pub struct StatusTicket {
+    order: Arc<StatusOrder>,
+    key: String,
+    time: String,
+    done: Option<watch::Sender<bool>>,
+}
+
+impl Default for StatusOrder {
+    fn default() -> Self {
+        StatusOrder::new(DEFAULT_CAPACITY, DEFAULT_IDLE)
+    }
 }
 
 impl StatusOrder {
-    /// True when the message may go on: it is not older than the newest status
-    /// already let through for its device (which it then becomes). Messages
-    /// without a device or a time are let through.
-    ///
-    /// The time is the body's `utcTime` (ISO 8601) or else `time`
-    /// (`yyyy-MM-dd HH:mm:ss.SSS`); both are fixed-width, so text order is time order.
-    pub fn admit(&self, envelope: &Envelope) -> bool {
-        let Some((pk, dn)) = envelope.device() else {
-            return true;
-        };
-        let Some(time) = status_time(envelope) else {
-            return true;
+    /// Remembers at most `capacity` devices, each until `idle` without a status.
+    pub fn new(capacity: usize, idle: Duration) -> Self {
+        StatusOrder {
+            devices: Mutex::new(LruCache::new(capacity.max(1))),
+            idle,
+        }
+    }
+
+    /// Decides for one message. The time is the body's `utcTime` (ISO 8601)
+    /// or else `time` (`yyyy-MM-dd HH:mm:ss.SSS`); both are fixed-width, so
+    /// text order is time order.
+    pub fn admit(self: &Arc<Self>, envelope: &Envelope) -> Admission {
+        let (Some((pk, dn)), Some(time)) = (envelope.device(), status_time(envelope)) else {
+            return Admission::Unordered;
         };
         let key = format!("{pk}/{dn}");
-        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-        match newest.get(&key) {
-            Some(seen) if time.as_str() < seen.as_str() => false,
-            _ => {
-                newest.insert(key, time);
-                true
-            }
+        let now = Instant::now();
+        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = self.idle;
+        let known = devices.get(&key).is_some_and(|d| {
+            d.busy.as_ref().is_some_and(|b| !*b.borrow()) || now.duration_since(d.touched) < idle
+        });
+        if !known {
+            devices.insert(
+                key.clone(),
+                Device {
+                    delivered: None,
+                    busy: None,
+                    touched: now,
+                },
+            );
         }
+        let Some(device) = devices.get_mut(&key) else {
+            return Admission::Unordered;
+        };
+        device.touched = now;
+        if let Some(busy) = device.busy.as_ref().filter(|b| !*b.borrow()) {
+            return Admission::Wait(busy.clone());
+        }
+        if device
+            .delivered
+            .as_deref()
+            .is_some_and(|delivered| time.as_str() < delivered)
+        {
+            return Admission::Stale;
+        }
+        let (done, busy) = watch::channel(false);
+        device.busy = Some(busy);
+        Admission::Go(StatusTicket {
+            order: Arc::clone(self),
+            key,
+            time,
+            done: Some(done),
+        })
+    }
+
+    /// Devices remembered now.
+    pub fn len(&self) -> usize {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no device is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl StatusTicket {
+    /// Reports the outcome: `delivered` when every `order_by` target confirmed
+    /// the status (a dead letter is not a delivery).
+    pub fn finish(mut self, delivered: bool) {
+        self.end(delivered);
+    }
+
+    fn end(&mut self, delivered: bool) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        let mut devices = self.order.devices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(device) = devices.get_mut(&self.key) {
+            if delivered && device.delivered.as_deref() < Some(self.time.as_str()) {
+                device.delivered = Some(std::mem::take(&mut self.time));
+            }
+            device.busy = None;
+        }
+        drop(devices);
+        done.send_replace(true);
+    }
+}
+
+impl Drop for StatusTicket {
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 
@@ -54,26 +177,81 @@ mod tests {
     fn status(dn: &str, utc: &str) -> Envelope {
         Envelope::new(
             bytes::Bytes::from(format!(r#"{{"status":"online","utcTime":"{utc}"}}"#)),
-            vec![(
-                "topic".into(),
-                format!("/pk/{dn}").replace("/pk/", "/as/mqtt/status/pk/"),
-            )],
+            vec![("topic".into(), format!("/as/mqtt/status/pk/{dn}"))],
         )
     }
 
+    fn go(order: &Arc<StatusOrder>, e: &Envelope) -> StatusTicket {
+        match order.admit(e) {
+            Admission::Go(ticket) => ticket,
+            _ => panic!("expected Go"),
+        }
+    }
+
     #[test]
-    fn older_status_of_the_same_device_is_dropped() {
-        let order = StatusOrder::default();
-        assert!(order.admit(&status("d1", "2026-01-01T00:00:02.000Z")));
-        assert!(!order.admit(&status("d1", "2026-01-01T00:00:01.000Z")));
-        assert!(
-            order.admit(&status("d1", "2026-01-01T00:00:02.000Z")),
-            "a redelivery of the newest passes"
+    fn a_status_older_than_a_delivered_one_is_stale() {
+        let order = Arc::new(StatusOrder::default());
+        go(&order, &status("d1", "2026-01-01T00:00:02.000Z")).finish(true);
+        assert!(matches!(
+            order.admit(&status("d1", "2026-01-01T00:00:01.000Z")),
+            Admission::Stale
+        ));
+        // Another device is independent; the same time again is not older.
+        go(&order, &status("d2", "2026-01-01T00:00:01.000Z")).finish(true);
+        go(&order, &status("d1", "2026-01-01T00:00:02.000Z")).finish(true);
+    }
+
+    #[test]
+    fn an_undelivered_newer_status_does_not_hide_an_older_one() {
+        let order = Arc::new(StatusOrder::default());
+        let newer = go(&order, &status("d1", "2026-01-01T00:00:02.000Z"));
+        // While it is in flight the older one waits ...
+        let Admission::Wait(mut ended) = order.admit(&status("d1", "2026-01-01T00:00:01.000Z"))
+        else {
+            panic!("expected Wait");
+        };
+        // ... and the newer one is dead-lettered, not delivered.
+        newer.finish(false);
+        assert!(*ended.borrow_and_update());
+        go(&order, &status("d1", "2026-01-01T00:00:01.000Z")).finish(true);
+    }
+
+    #[test]
+    fn a_dropped_ticket_counts_as_not_delivered() {
+        let order = Arc::new(StatusOrder::default());
+        drop(go(&order, &status("d1", "2026-01-01T00:00:02.000Z")));
+        go(&order, &status("d1", "2026-01-01T00:00:01.000Z")).finish(true);
+    }
+
+    #[test]
+    fn messages_without_device_or_time_are_unordered() {
+        let order = Arc::new(StatusOrder::default());
+        let no_time = Envelope::new(
+            bytes::Bytes::from_static(b"{}"),
+            vec![("topic".into(), "/as/mqtt/status/pk/d1".into())],
         );
-        assert!(
-            order.admit(&status("d2", "2026-01-01T00:00:01.000Z")),
-            "other devices are independent"
-        );
-        assert!(order.admit(&status("d1", "2026-01-01T00:00:03.000Z")));
+        assert!(matches!(order.admit(&no_time), Admission::Unordered));
+    }
+
+    #[test]
+    fn memory_is_bounded_by_capacity_and_idle_devices_are_forgotten() {
+        let order = Arc::new(StatusOrder::new(1_000, Duration::from_secs(3600)));
+        for i in 0..50_000 {
+            go(
+                &order,
+                &status(&format!("d{i}"), "2026-01-01T00:00:02.000Z"),
+            )
+            .finish(true);
+        }
+        assert_eq!(order.len(), 1_000);
+        // The most recent devices are still known.
+        assert!(matches!(
+            order.admit(&status("d49999", "2026-01-01T00:00:01.000Z")),
+            Admission::Stale
+        ));
+        // With no idle allowance, a known device is treated as new.
+        let forgetful = Arc::new(StatusOrder::new(10, Duration::ZERO));
+        go(&forgetful, &status("d1", "2026-01-01T00:00:02.000Z")).finish(true);
+        go(&forgetful, &status("d1", "2026-01-01T00:00:01.000Z")).finish(true);
     }
 }
