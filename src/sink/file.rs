@@ -41,11 +41,24 @@ impl FileSink {
     }
 }
 
+/// Opens for appending, creating the file (and its directory); a new file's
+/// directory entry is fsynced so a crash cannot lose the file itself.
 fn open(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    let existed = path.exists();
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    if !existed {
+        sync_dir(dir.unwrap_or(Path::new(".")))?;
+    }
+    Ok(file)
+}
+
+/// Makes creations and renames in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 struct Writer {
@@ -82,16 +95,41 @@ impl Writer {
         for (line, _) in batch {
             buf.extend_from_slice(line.as_bytes());
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // A short write (disk full, I/O error) leaves part of the batch
+            // behind: cut the file back to its last complete line, so the
+            // retry does not glue its first line onto a fragment.
+            if let Err(cut) = self.file.set_len(self.size) {
+                tracing::error!(path = %self.path.display(), error = %cut, "cannot truncate a partly written batch");
+            }
+            return Err(e);
+        }
         self.size += buf.len() as u64;
         Ok(())
     }
 
+    /// Renames the file to `PATH.<millis>` (`PATH.<millis>-N` when that
+    /// exists: two rotations in one millisecond must not overwrite the
+    /// first) and starts a new one.
     fn rotate(&mut self) -> std::io::Result<()> {
         let stamp = crate::source::aliyun::now_ms();
-        let mut rotated = self.path.clone().into_os_string();
-        rotated.push(format!(".{stamp}"));
+        let mut n = 0u32;
+        let rotated = loop {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{stamp}"));
+            if n > 0 {
+                name.push(format!("-{n}"));
+            }
+            let name = PathBuf::from(name);
+            if !name.exists() {
+                break name;
+            }
+            n += 1;
+        };
         std::fs::rename(&self.path, &rotated)?;
         self.file = open(&self.path)?;
         self.size = 0;
