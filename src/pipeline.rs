@@ -131,8 +131,11 @@ impl Pipeline {
                 }
                 Unrouted::Sink(sink) => {
                     unrouted.sink.inc();
-                    // An unrouted copy keeps its platform topic (valid on MQTT too).
-                    let topic = envelope.topic().map(crate::route::Template::literal);
+                    // An unrouted copy keeps its platform topic, made a name
+                    // its broker accepts (as is on MQTT, `pk.dn.…` on Kafka).
+                    let topic = envelope.topic().map(|t| {
+                        crate::route::Template::literal(&self.sinks[sink].derived_topic(t))
+                    });
                     let target = Target {
                         sink,
                         topic,
@@ -236,7 +239,9 @@ impl Pipeline {
         };
         let message = Outgoing {
             envelope: envelope.clone(),
-            topic: Some(format!("amqp-bridge/dead-letter/{route}")),
+            topic: Some(
+                self.sinks[dead_letter].derived_topic(&format!("amqp-bridge/dead-letter/{route}")),
+            ),
             qos: 1,
             retain: false,
             key: envelope.message_id().map(str::to_string),

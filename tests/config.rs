@@ -411,3 +411,38 @@ fn telemetry_defaults_to_loopback_and_a_minute_summary() {
     assert_eq!(config.telemetry.listen.port(), 9000);
     assert!(config.telemetry.summary_interval.0.is_zero());
 }
+
+#[test]
+fn destinations_the_broker_would_refuse_are_errors_at_their_line() {
+    // MQTT: a wildcard in a topic to publish to.
+    let (line, message) = error_with(
+        r#"topic: "devices/{productKey}" }"#,
+        r#"topic: "devices/+/{productKey}" }"#,
+    );
+    assert_eq!(line, 20);
+    assert!(
+        message.contains("routes[0].to") && message.contains("`+`"),
+        "{message}"
+    );
+    // Kafka: `/` is not allowed in a topic name, fixed or around placeholders.
+    let kafka = BASE.replace(
+        "  dl:\n",
+        "  k:\n    kind: kafka\n    brokers: [\"127.0.0.1:9092\"]\n  dl:\n",
+    );
+    for (topic, bad) in [("iot/properties", "/"), ("iot/{deviceName}", "/")] {
+        let text = kafka.replace(
+            r#"{ sink: out, topic: "devices/{productKey}" }"#,
+            &format!(r#"{{ sink: k, topic: "{topic}" }}"#),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("bridge.yaml:23") && err.contains(&format!("not `{bad}`")),
+            "{topic}: {err}"
+        );
+    }
+    let text = kafka.replace(
+        r#"{ sink: out, topic: "devices/{productKey}" }"#,
+        r#"{ sink: k, topic: "iot.{deviceName}" }"#,
+    );
+    parse(&text).expect("a valid Kafka topic template");
+}

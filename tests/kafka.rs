@@ -280,3 +280,80 @@ dead_letter: dead
     let error = dead_lines[0]["failure"]["error"].as_str().unwrap();
     assert!(error.to_lowercase().contains("too large"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_unrouted_copies_get_topic_names_kafka_accepts() {
+    // Property posts fail for good (a template the message cannot fill) and
+    // are dead-lettered to Kafka; lifecycle messages match no route and go
+    // to Kafka with their platform topic. Neither name is legal in Kafka as
+    // is (`amqp-bridge/dead-letter/…`, `/pk/dn/…`): the bridge must produce
+    // `amqp-bridge.dead-letter.bad` and `a1P.d1.thing.lifecycle`.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for i in 0..10 {
+        lines.push(format!(
+            r#"{{"topic": "/a1P/d1/thing/event/property/post", "body": "p{i}", "messageId": "10000000000000000{i:02}"}}"#
+        ));
+        lines.push(format!(
+            r#"{{"topic": "/a1P/d1/thing/lifecycle", "body": "l{i}", "messageId": "20000000000000000{i:02}"}}"#
+        ));
+    }
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(&messages, lines.join("\n")).unwrap();
+    let broker = Tansu::start();
+    broker.create_topic("amqp-bridge.dead-letter.bad", 1);
+    broker.create_topic("a1P.d1.thing.lifecycle", 1);
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let source = source_yaml(&emulator, dir.path(), "bridge-kafka-names", "");
+    let text = format!(
+        r##"{source}sinks:
+  kafka: {{ kind: kafka, brokers: ["{address}"] }}
+routes:
+  - name: bad
+    match: {{ topic: "/+/+/thing/event/property/post" }}
+    to:
+      - {{ sink: kafka, topic: "iot.{{prop.missing}}", key: "{{messageId}}" }}
+unrouted: {{ sink: kafka }}
+dead_letter: kafka
+"##,
+        address = broker.address()
+    );
+    let config = Config::parse(&text, Path::new("kafka-names.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    let dead_lettered = bridge.metrics().dead_lettered();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(
+        (stats.accepted, stats.outstanding, stats.released),
+        (20, 0, 0),
+        "nothing released (a refused dead letter would loop)"
+    );
+    assert_eq!(dead_lettered, 10);
+    let address = broker.address();
+    let (dead, unrouted) = tokio::task::spawn_blocking(move || {
+        (
+            consume(&address, "amqp-bridge.dead-letter.bad", 1, at_least(10), 60),
+            consume(&address, "a1P.d1.thing.lifecycle", 1, at_least(10), 60),
+        )
+    })
+    .await
+    .unwrap();
+    let keys = |records: &[common::tansu::Record]| {
+        let mut k: Vec<String> = records.iter().filter_map(|r| r.key.clone()).collect();
+        k.sort();
+        k.dedup();
+        k.len()
+    };
+    assert_eq!(keys(&dead), 10, "dead letters keyed by messageId");
+    assert!(dead.iter().all(|r| r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "deadLetterRoute" && v == "bad")));
+    assert_eq!(unrouted.len(), 10, "unrouted lifecycle copies");
+    let bodies: Vec<String> = unrouted
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+        .collect();
+    assert!(bodies.iter().all(|b| b.starts_with('l')), "{bodies:?}");
+}

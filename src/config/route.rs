@@ -271,6 +271,9 @@ impl TryFrom<RawTarget> for TargetConfig {
         {
             crate::route::Template::parse(template)?;
         }
+        if let Some(topic) = &raw.topic {
+            check_destination(&kind, &crate::route::Template::parse(topic)?)?;
+        }
         Ok(TargetConfig {
             sink: raw.sink,
             topic: raw.topic,
@@ -282,6 +285,27 @@ impl TryFrom<RawTarget> for TargetConfig {
             keys: raw.keys,
             properties: raw.properties,
         })
+    }
+}
+
+/// Refuses a topic its broker would refuse whatever the message: the whole
+/// name when it has no placeholder, else the fixed text around them.
+fn check_destination(kind: &str, topic: &crate::route::Template) -> Result<(), String> {
+    use crate::sink::names;
+    let problem = match kind {
+        "kafka" if topic.is_literal() => names::kafka_topic_problem(topic.as_str()),
+        "kafka" => topic.literal_parts().find_map(names::kafka_chars_problem),
+        "mqtt" if topic.is_literal() => names::mqtt_topic_problem(topic.as_str()),
+        "mqtt" => topic.literal_parts().find_map(names::mqtt_chars_problem),
+        #[cfg(feature = "rocketmq")]
+        "rocketmq" if topic.is_literal() => {
+            crate::sink::rocketmq::check_topic(topic.as_str()).err()
+        }
+        _ => None,
+    };
+    match problem {
+        Some(problem) => Err(format!("topic `{}`: {problem}", topic.as_str())),
+        None => Ok(()),
     }
 }
 

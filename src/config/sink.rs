@@ -222,6 +222,14 @@ pub struct KafkaSinkConfig {
     /// values whose names look secret print as `***`.
     #[serde(default)]
     pub properties: ClientProperties,
+    /// How long a topic the cluster calls unknown is retried before its
+    /// copies are dead-lettered (metadata lag, a topic being created).
+    #[serde(default = "default_kafka_topic_missing_grace")]
+    pub topic_missing_grace: HumanDuration,
+}
+
+fn default_kafka_topic_missing_grace() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 /// Free-form client properties; names that look like credentials print as

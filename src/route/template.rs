@@ -77,6 +77,20 @@ impl Template {
         }
     }
 
+    /// The fixed text between placeholders, for checking it against what a
+    /// broker allows in a name before any message arrives.
+    pub fn literal_parts(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Literal(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// True when the template has no placeholder.
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.source

@@ -30,6 +30,48 @@ pub struct KafkaSink {
     producer: Arc<RwLock<(u64, FutureProducer)>>,
     ready: watch::Receiver<bool>,
     last_send: Arc<super::LastSend>,
+    missing: Arc<MissingTopics>,
+}
+
+/// Topics the cluster called unknown, and since when: retried for a grace
+/// period before their copies count as failed for good.
+#[derive(Debug)]
+struct MissingTopics {
+    since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    grace: Duration,
+}
+
+/// More distinct missing topics than this and the oldest knowledge is
+/// dropped (each then gets a fresh grace period): the map stays bounded.
+const MAX_MISSING_TOPICS: usize = 10_000;
+
+impl MissingTopics {
+    /// Transient while `topic` has been missing for less than the grace period.
+    fn classify(&self, topic: &str, error: SinkError) -> SinkError {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.len() >= MAX_MISSING_TOPICS && !since.contains_key(topic) {
+            since.clear();
+        }
+        let first = *since
+            .entry(topic.to_string())
+            .or_insert_with(std::time::Instant::now);
+        if first.elapsed() < self.grace {
+            SinkError::Transient(format!(
+                "{error} (topic missing; retried for {:?})",
+                self.grace
+            ))
+        } else {
+            error
+        }
+    }
+
+    /// The topic took a record: forget it was missing.
+    fn found(&self, topic: &str) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if !since.is_empty() {
+            since.remove(topic);
+        }
+    }
 }
 
 impl KafkaSink {
@@ -75,6 +117,10 @@ impl KafkaSink {
             producer: Arc::new(RwLock::new((0, producer))),
             ready,
             last_send: super::LastSend::new(),
+            missing: Arc::new(MissingTopics {
+                since: Default::default(),
+                grace: config.topic_missing_grace.0,
+            }),
         })
     }
 }
@@ -165,7 +211,8 @@ pub fn classify(error: &KafkaError) -> SinkError {
 }
 
 /// Sends one record and waits for its delivery report; a fatal producer
-/// error replaces the producer (the copy is retried on the new one).
+/// error replaces the producer (the copy is retried on the new one). The
+/// flag says the cluster does not know the topic.
 async fn send_record(
     message: &Outgoing,
     generation: u64,
@@ -173,8 +220,12 @@ async fn send_record(
     shared: &Arc<RwLock<(u64, FutureProducer)>>,
     client: &ClientConfig,
     name: &str,
-) -> Result<(), SinkError> {
+) -> Result<(), (SinkError, bool)> {
     let topic = message.topic.clone().unwrap_or_default();
+    if let Some(problem) = super::names::kafka_topic_problem(&topic) {
+        // The broker would refuse it (and some brokers silently accept it).
+        return Err((SinkError::Permanent(problem), false));
+    }
     let body = message.envelope.body.clone();
     let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
         .payload(&body[..])
@@ -188,11 +239,16 @@ async fn send_record(
         Err((error, _)) => {
             if let Some(fatal) = producer.client().fatal_error() {
                 replace_fatal(shared, generation, client, name, &fatal.1);
-                return Err(SinkError::Transient(format!(
-                    "producer replaced after fatal error: {error}"
-                )));
+                return Err((
+                    SinkError::Transient(format!("producer replaced after fatal error: {error}")),
+                    false,
+                ));
             }
-            Err(classify(&error))
+            let unknown_topic = matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+            );
+            Err((classify(&error), unknown_topic))
         }
     }
 }
@@ -208,8 +264,21 @@ impl Sink for KafkaSink {
         let client = Arc::clone(&self.client);
         let name = Arc::clone(&self.name);
         let last_send = Arc::clone(&self.last_send);
+        let missing = Arc::clone(&self.missing);
         Box::pin(async move {
-            let result = send_record(&message, generation, producer, &shared, &client, &name).await;
+            let result = send_record(&message, generation, producer, &shared, &client, &name)
+                .await
+                .map_err(|(error, unknown_topic)| {
+                    let topic = message.topic.as_deref().unwrap_or_default();
+                    if unknown_topic {
+                        missing.classify(topic, error)
+                    } else {
+                        error
+                    }
+                });
+            if result.is_ok() {
+                missing.found(message.topic.as_deref().unwrap_or_default());
+            }
             last_send.record(&result);
             result
         })
@@ -217,6 +286,10 @@ impl Sink for KafkaSink {
 
     fn kind(&self) -> &'static str {
         "kafka"
+    }
+
+    fn derived_topic(&self, raw: &str) -> String {
+        super::names::kafka_topic(raw)
     }
 
     fn is_ready(&self) -> bool {

@@ -5,6 +5,7 @@ pub mod file;
 pub mod kafka;
 pub mod mqtt;
 pub mod mqtt_auth;
+pub mod names;
 pub mod record;
 #[cfg(feature = "rocketmq")]
 pub mod rocketmq;
@@ -164,6 +165,12 @@ pub trait Sink: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Resolves once the sink connected for the first time.
     fn ready(&self) -> BoxFuture<'_, ()>;
+    /// A destination this broker accepts, made from a name the bridge
+    /// derived itself (a dead-letter topic, an unrouted message's platform
+    /// topic); configured names are checked, never rewritten.
+    fn derived_topic(&self, raw: &str) -> String {
+        raw.to_string()
+    }
     /// Disconnects cleanly.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

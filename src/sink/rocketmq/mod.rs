@@ -274,6 +274,10 @@ impl Sink for RocketMqSink {
         "rocketmq"
     }
 
+    fn derived_topic(&self, raw: &str) -> String {
+        message::sanitize_topic(raw)
+    }
+
     fn is_ready(&self) -> bool {
         *self.ready.borrow() && self.last_send.ok()
     }
