@@ -49,6 +49,9 @@ impl Bridge {
     /// Starts the sinks and the telemetry endpoints, and attaches the source
     /// once every sink is ready.
     pub async fn start(config: &Config) -> Result<Bridge, BridgeError> {
+        for warning in config.delivery_warnings() {
+            tracing::warn!("{warning}");
+        }
         // Bound first: a taken port fails the start before anything connects.
         let server = Server::bind(config.telemetry.listen).await?;
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();

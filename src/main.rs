@@ -263,6 +263,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
             print!("{}", config.to_redacted_yaml());
+            for warning in config.delivery_warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
             eprintln!("{}: configuration is valid", path.display());
             Ok(ExitCode::SUCCESS)
         }

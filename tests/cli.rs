@@ -119,3 +119,31 @@ fn version_names_the_commit() {
     );
     assert!(!text.contains("(commit )"), "{text}");
 }
+
+#[test]
+fn check_warns_about_settings_that_weaken_delivery() {
+    let weak = CONFIG.replace(
+        r#"to: [ { sink: out, topic: "x/{messageId}" } ]"#,
+        r#"to: [ { sink: out, topic: "x/{messageId}", qos: 0 }, { sink: k, topic: t } ]"#,
+    )
+    .replace(
+        "routes:\n",
+        "  k: { kind: kafka, brokers: [\"127.0.0.1:9092\"], properties: { acks: \"1\", enable.idempotence: \"false\" } }\n  r: { kind: rocketmq, name_server: \"127.0.0.1:9876\", not_durable: accept }\nroutes:\n",
+    );
+    let (code, _, stderr) = bridge(&["check"], &weak);
+    assert_eq!(code, 0, "allowed, only warned about: {stderr}");
+    for key in [
+        "routes[0].to[0].qos: 0",
+        "sinks.k.properties.acks: 1",
+        "sinks.k.properties.enable.idempotence: false",
+        "sinks.r.not_durable: accept",
+    ] {
+        assert!(
+            stderr.contains("warning: ") && stderr.contains(key),
+            "{key}: {stderr}"
+        );
+    }
+    // The plain configuration has nothing to warn about.
+    let (_, _, stderr) = bridge(&["check"], CONFIG);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

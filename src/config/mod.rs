@@ -12,6 +12,7 @@ mod route;
 mod sink;
 mod source;
 mod values;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,56 @@
+//! Settings that are allowed but weaken the delivery promise ("accepted only
+//! after every broker confirmed"): said out loud by `check` and at start-up,
+//! naming the key and what is lost.
+
+use super::{Config, NotDurablePolicy, SinkConfig};
+
+impl Config {
+    /// One line per setting that lets a message be accepted without its
+    /// broker's durable confirmation.
+    pub fn delivery_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for (j, target) in route.to.iter().enumerate() {
+                if target.qos == Some(0) {
+                    warnings.push(format!(
+                        "routes[{i}].to[{j}].qos: 0 — QoS 0 has no broker acknowledgement: \
+                         a copy counts as delivered once written to the socket and is lost \
+                         if the connection drops"
+                    ));
+                }
+            }
+        }
+        for (name, sink) in &self.sinks.0 {
+            match sink {
+                SinkConfig::Kafka(kafka) => {
+                    for (key, value) in &kafka.properties.0 {
+                        let weak = match key.as_str() {
+                            "acks" | "request.required.acks" => {
+                                !matches!(value.as_str(), "all" | "-1")
+                            }
+                            "enable.idempotence" => value == "false",
+                            _ => false,
+                        };
+                        if weak {
+                            warnings.push(format!(
+                                "sinks.{name}.properties.{key}: {value} — a record counts as \
+                                 delivered before every in-sync replica has it (acks=all and \
+                                 idempotence keep the delivery contract)"
+                            ));
+                        }
+                    }
+                }
+                SinkConfig::RocketMq(rocketmq)
+                    if rocketmq.not_durable == NotDurablePolicy::Accept =>
+                {
+                    warnings.push(format!(
+                        "sinks.{name}.not_durable: accept — a message the broker stored but \
+                         could not flush or replicate counts as delivered"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        warnings
+    }
+}
