@@ -446,3 +446,13 @@ fn destinations_the_broker_would_refuse_are_errors_at_their_line() {
     );
     parse(&text).expect("a valid Kafka topic template");
 }
+
+#[test]
+fn an_unparseable_url_is_not_echoed_with_its_password() {
+    let (_, message) = error_with(
+        "    url: mqtt://127.0.0.1:1883\n",
+        "    url: \"mqtt://user:hunter2-secret@[::1\"\n",
+    );
+    assert!(message.contains("invalid URL"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}

@@ -20,12 +20,15 @@ pub enum ConfigError {
         line: usize,
         name: String,
     },
-    /// `${` without a closing brace or with an invalid name.
-    #[error("{path}:{line}: malformed variable reference `{text}`")]
+    /// `${` without a closing brace or with an invalid name. The line's text
+    /// is not repeated: it may be a secret that happens to contain `${`.
+    #[error(
+        "{path}:{line}: malformed variable reference: {problem} (write $${{ for a literal `${{`)"
+    )]
     MalformedVariable {
         path: PathBuf,
         line: usize,
-        text: String,
+        problem: &'static str,
     },
     /// The YAML was malformed or a value broke a rule (unknown key, out of range,
     /// bad duration or URL, reference to a missing sink).

@@ -46,7 +46,7 @@ fn interpolate_line(
             continue;
         };
         let Some(end) = body_start.find('}') else {
-            return Err(malformed(path, line, after));
+            return Err(malformed(path, line, "`${` without a closing `}`"));
         };
         let body = &body_start[..end];
         let (name, default) = match body.split_once(":-") {
@@ -54,7 +54,11 @@ fn interpolate_line(
             None => (body, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(malformed(path, line, &after[..end + 3]));
+            return Err(malformed(
+                path,
+                line,
+                "a variable name is letters, digits and `_`",
+            ));
         }
         match (lookup(name), default) {
             (Some(value), _) => out.push_str(&value),
@@ -73,18 +77,11 @@ fn interpolate_line(
     Ok(())
 }
 
-fn malformed(path: &Path, line: usize, text: &str) -> ConfigError {
-    let text: String = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(40)
-        .collect();
+fn malformed(path: &Path, line: usize, problem: &'static str) -> ConfigError {
     ConfigError::MalformedVariable {
         path: path.to_path_buf(),
         line,
-        text,
+        problem,
     }
 }
 
@@ -139,5 +136,17 @@ mod tests {
             matches!(err, ConfigError::MalformedVariable { line: 1, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_secret_holding_dollar_brace_is_not_echoed() {
+        let err = run("password: s3cr3t${tail-of-the-secret\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("tail-of"),
+            "{text}"
+        );
+        let err = run("password: ab${not a name}cd\n").unwrap_err();
+        assert!(!err.to_string().contains("not a name"), "{err}");
     }
 }

@@ -154,7 +154,17 @@ impl<'de> Deserialize<'de> for AmqpUrl {
 
 /// Parses a URL and insists on one of the given schemes and a host.
 pub(crate) fn parse_url(text: &str, schemes: &[&str]) -> Result<url::Url, String> {
-    let url = url::Url::parse(text.trim()).map_err(|e| format!("invalid URL `{text}`: {e}"))?;
+    // An unparseable URL is not echoed: it may carry a password.
+    let url = url::Url::parse(text.trim()).map_err(|e| {
+        format!(
+            "invalid URL{}: {e}",
+            if text.contains('@') {
+                String::new()
+            } else {
+                format!(" `{text}`")
+            }
+        )
+    })?;
     if !schemes.contains(&url.scheme()) {
         return Err(format!(
             "invalid URL `{}`: scheme must be one of {}",

@@ -94,10 +94,20 @@ impl<'a> Credentials<'a> {
 }
 
 /// A SASL PLAIN login; the password is only reachable through [`Secret::expose`].
-#[derive(Clone, Debug)]
+/// Debug hides both: the username carries an STS token in ststoken mode.
+#[derive(Clone)]
 pub struct SignedLogin {
     pub username: String,
     pub password: Secret,
+}
+
+impl std::fmt::Debug for SignedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedLogin")
+            .field("username", &self.username_redacted())
+            .field("password", &self.password)
+            .finish()
+    }
 }
 
 impl SignedLogin {
@@ -231,6 +241,20 @@ pub fn parse_username(username: &str) -> Result<LoginParams, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_of_a_login_hides_the_sts_token_and_the_password() {
+        let login = SignedLogin {
+            username: "c|authMode=ststoken,securityToken=TOKEN-VALUE,timestamp=1|".into(),
+            password: Secret::new("PASSWORD-VALUE"),
+        };
+        let text = format!("{login:?}");
+        assert!(
+            !text.contains("TOKEN-VALUE") && !text.contains("PASSWORD-VALUE"),
+            "{text}"
+        );
+    }
+
     use super::*;
 
     const AK: &str = "LTAI5tTestAccessKey";
