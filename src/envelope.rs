@@ -110,9 +110,17 @@ pub enum Disposition {
     Release,
 }
 
-/// The link a settlement goes back to, with the delivery it settles.
-type SettleSender =
-    tokio::sync::mpsc::UnboundedSender<(fe2o3_amqp::link::delivery::DeliveryInfo, Disposition)>;
+/// An outcome on its way to the link: the delivery, what to give it, and the
+/// in-flight slot, freed only once the outcome went out (so the credit granted
+/// never exceeds `max_in_flight`).
+pub type Outcome = (
+    fe2o3_amqp::link::delivery::DeliveryInfo,
+    Disposition,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// The link a settlement goes back to.
+type SettleSender = tokio::sync::mpsc::UnboundedSender<Outcome>;
 
 /// The right to settle one delivery, and the in-flight slot it occupies.
 ///
@@ -125,7 +133,7 @@ pub struct Settlement {
     link: Option<SettleSender>,
     info: Option<fe2o3_amqp::link::delivery::DeliveryInfo>,
     connection: Arc<ConnectionMetrics>,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Settlement {
@@ -140,7 +148,7 @@ impl Settlement {
             link: Some(link),
             info: Some(info),
             connection,
-            _slot: slot,
+            slot,
         }
     }
 
@@ -152,7 +160,7 @@ impl Settlement {
     fn send(&mut self, disposition: Disposition) -> bool {
         match (self.link.take(), self.info.take()) {
             (Some(link), Some(info)) => {
-                let sent = link.send((info, disposition)).is_ok();
+                let sent = link.send((info, disposition, self.slot.take())).is_ok();
                 if !sent {
                     self.connection.unsettled();
                 }

@@ -108,6 +108,10 @@ struct EmulateArgs {
     /// Redeliver a message this long after it was released, rejected, modified or lost.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     redeliver_after: Duration,
+    /// Push an unsettled message again after this long, while the first copy
+    /// is still outstanding (the platform's ack timeout is 30s); off when unset.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ack_timeout: Option<Duration>,
     /// Close a connection that has not attached a receiver link by then.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     receiver_deadline: Duration,
@@ -159,6 +163,7 @@ impl EmulateArgs {
             count: self.count,
             messages: self.messages.clone(),
             redeliver_after: self.redeliver_after,
+            ack_timeout: self.ack_timeout,
             receiver_deadline: self.receiver_deadline,
             max_skew: self.max_skew,
             cert: self.cert.clone().zip(self.key.clone()),

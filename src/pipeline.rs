@@ -18,6 +18,23 @@ use crate::route::{Route, Router, Target, Template, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
 use crate::telemetry::Metrics;
 
+/// A message inside the pipeline; leaving is counted on drop, so a task
+/// that panics still leaves (its Settlement releases the delivery).
+struct InPipeline(Arc<Metrics>);
+
+impl InPipeline {
+    fn enter(metrics: &Arc<Metrics>) -> InPipeline {
+        metrics.pipeline_entered();
+        InPipeline(Arc::clone(metrics))
+    }
+}
+
+impl Drop for InPipeline {
+    fn drop(&mut self) {
+        self.0.pipeline_left();
+    }
+}
+
 /// How one copy ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -69,7 +86,7 @@ impl Pipeline {
     /// Takes one delivery; it is settled once its fate is known.
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
         let received_at = Instant::now();
-        self.metrics.pipeline_entered();
+        let in_pipeline = InPipeline::enter(&self.metrics);
         let this = self.clone();
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);
@@ -84,7 +101,7 @@ impl Pipeline {
             if let Some(age) = generated.and_then(age_seconds) {
                 this.metrics.message_age_seconds.observe(age);
             }
-            this.metrics.pipeline_left();
+            drop(in_pipeline);
             settlement.settle(disposition);
         });
     }

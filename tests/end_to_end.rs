@@ -271,16 +271,60 @@ async fn shutdown_mid_stream_settles_in_flight_and_accepts_nothing_unconfirmed()
     let bridge = Bridge::start(&setup.config).await.unwrap();
     subscriber.wait_for_total(2_000, 60).await;
     within(30, "shutdown", bridge.shutdown()).await;
+    let emulator_ids = emulator.accepted_ids();
     let stats = emulator.shutdown().await;
     // The link stayed up while in-flight messages were confirmed and settled:
     // at most one credit window was still on the wire when it closed.
     assert!(stats.unsettled_at_disconnect <= 64, "{stats:?}");
     assert!(stats.accepted >= 2_000, "{stats:?}");
-    // Nothing was accepted that the broker did not confirm.
-    eventually("accepted ids at the subscriber", 30, || {
-        subscriber.counts().len() as u64 >= stats.accepted
+    // Nothing was accepted that the broker did not confirm: every accepted
+    // id is at the subscriber (the same set, not just as many).
+    let accepted = emulator_ids;
+    assert_eq!(accepted.len() as u64, stats.accepted);
+    eventually("every accepted id at the subscriber", 30, || {
+        let seen = subscriber.counts();
+        accepted
+            .iter()
+            .all(|id| seen.contains_key(&format!("out/{id}")))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_redelivered_while_the_first_is_in_flight_are_forwarded_once() {
+    // The platform pushes an unsettled message again after its ack timeout,
+    // while the first copy may still be in flight. With dedup on, the second
+    // copy waits for the first and is then dropped, never published twice.
+    const N: u64 = 2_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-ack", "out/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.ack_timeout = Some(Duration::from_millis(15));
+    })
+    .await;
+    let setup = bridge_config(&emulator, broker.port, SK, "dedup: { ttl: 10m }\n");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(N, 30).await;
+    let metrics = bridge.metrics().clone();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    let duplicates = metrics.duplicates.get();
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert!(stats.redelivered > 0, "no copy was pushed twice: {stats:?}");
+    assert_eq!(
+        duplicates, stats.accepted_again,
+        "every second copy the bridge accepted was a dropped duplicate"
+    );
+    let counts = subscriber.counts();
+    assert_eq!(counts.len() as u64, N);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "published twice: {twice:?}");
+    eprintln!(
+        "ack timeout: {} copies pushed again, {duplicates} dropped as duplicates",
+        stats.redelivered
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,10 @@ pub struct EmulatorConfig {
     /// Replay these messages instead of generating.
     pub messages: Option<PathBuf>,
     pub redeliver_after: Duration,
+    /// Push a message again when it is not settled this long after it went
+    /// out (the platform's ack timeout is 30 s); `None` = only after an
+    /// outcome or a disconnect.
+    pub ack_timeout: Option<Duration>,
     pub receiver_deadline: Duration,
     pub max_skew: Duration,
     /// PEM certificate chain and key; `None` = generate for localhost.
@@ -55,6 +59,7 @@ impl Default for EmulatorConfig {
             count: 0,
             messages: None,
             redeliver_after: Duration::from_secs(60),
+            ack_timeout: None,
             receiver_deadline: Duration::from_secs(15),
             max_skew: Duration::from_secs(15 * 60),
             cert: None,
@@ -119,6 +124,7 @@ impl Emulator {
         let stats = Arc::new(Stats::default());
         let limits = Limits {
             redeliver_after: config.redeliver_after,
+            ack_timeout: config.ack_timeout,
             rate: Some(config.rate).filter(|r| *r > 0),
             max_clients: 64,
             max_connections_per_client: 128,
@@ -192,6 +198,14 @@ impl Emulator {
     /// PEM of the CA that signed the generated certificate, if one was generated.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
+    }
+
+    /// Every message id accepted so far (each once), all groups.
+    pub fn accepted_ids(&self) -> Vec<String> {
+        self.subscriptions
+            .values()
+            .flat_map(|sub| sub.accepted_ids())
+            .collect()
     }
 
     /// The live counters.

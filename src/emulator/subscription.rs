@@ -24,6 +24,9 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub modified: AtomicU64,
     pub redelivered: AtomicU64,
+    /// Accepts of a message that an earlier copy already had accepted (two
+    /// copies outstanding at once after an ack timeout).
+    pub accepted_again: AtomicU64,
     /// Pushed and not settled when the link or connection went away.
     pub unsettled_at_disconnect: AtomicU64,
     /// Pushed at least once and not accepted yet.
@@ -47,6 +50,7 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     pub modified: u64,
     pub redelivered: u64,
+    pub accepted_again: u64,
     pub outstanding: i64,
     pub unsettled_at_disconnect: u64,
     pub logins_ok: u64,
@@ -67,6 +71,7 @@ impl Stats {
             rejected: get(&self.rejected),
             modified: get(&self.modified),
             redelivered: get(&self.redelivered),
+            accepted_again: get(&self.accepted_again),
             outstanding: self.outstanding.load(Ordering::Relaxed),
             unsettled_at_disconnect: get(&self.unsettled_at_disconnect),
             logins_ok: get(&self.logins_ok),
@@ -87,6 +92,10 @@ impl Stats {
 pub struct Pending {
     pub message: Arc<PlatformMessage>,
     pub attempts: u32,
+    /// Shared by every copy of the message: set by the first accept, so a
+    /// copy still queued for redelivery is dropped and a second accept is
+    /// counted apart.
+    pub accepted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pending {
@@ -117,6 +126,7 @@ struct Queue {
     delayed_items: HashMap<u64, Pending>,
     delayed_seq: u64,
     accepted_unique: u64,
+    accepted_ids: Vec<String>,
     clients: HashMap<String, usize>,
 }
 
@@ -124,6 +134,9 @@ struct Queue {
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub redeliver_after: Duration,
+    /// Like the platform's 30 s ack timeout: a message pushed and not settled
+    /// by then is pushed again while the first copy is still outstanding.
+    pub ack_timeout: Option<Duration>,
     /// Messages per second for the whole group; `None` = as fast as credit allows.
     pub rate: Option<u32>,
     pub max_clients: usize,
@@ -158,6 +171,7 @@ impl Subscription {
                 delayed_items: HashMap::new(),
                 delayed_seq: 0,
                 accepted_unique: 0,
+                accepted_ids: Vec::new(),
                 clients: HashMap::new(),
             }),
             wake: Notify::new(),
@@ -238,8 +252,11 @@ impl Subscription {
                         q.ready.push_back(p);
                     }
                 }
-                if let Some(p) = q.ready.pop_front() {
-                    return p;
+                while let Some(p) = q.ready.pop_front() {
+                    // A redelivery of a message another copy already had accepted.
+                    if !p.accepted.load(Ordering::Relaxed) {
+                        return p;
+                    }
                 }
                 if !q.source_done {
                     match q.source.next_message() {
@@ -247,6 +264,7 @@ impl Subscription {
                             return Pending {
                                 message: Arc::new(m),
                                 attempts: 0,
+                                accepted: Default::default(),
                             }
                         }
                         None => q.source_done = true,
@@ -272,7 +290,8 @@ impl Subscription {
         self.wake.notify_waiters();
     }
 
-    /// Records that the transfer went out.
+    /// Records that the transfer went out; with an ack timeout, schedules
+    /// the copy that goes out if this one is not settled in time.
     pub fn on_pushed(&self, pending: &Pending) {
         Stats::bump(&self.stats.pushed);
         if pending.attempts == 0 {
@@ -280,6 +299,32 @@ impl Subscription {
         } else {
             Stats::bump(&self.stats.redelivered);
         }
+        if let Some(timeout) = self.limits.ack_timeout {
+            self.redeliver_at(Instant::now() + timeout, pending);
+        }
+    }
+
+    /// Queues another copy of `pending` for `at`.
+    fn redeliver_at(&self, at: Instant, pending: &Pending) {
+        let mut q = self.lock();
+        let id = q.delayed_seq;
+        q.delayed_seq += 1;
+        q.delayed.push(Reverse((at, id)));
+        q.delayed_items.insert(
+            id,
+            Pending {
+                message: Arc::clone(&pending.message),
+                attempts: pending.attempts + 1,
+                accepted: Arc::clone(&pending.accepted),
+            },
+        );
+        drop(q);
+        self.wake.notify_waiters();
+    }
+
+    /// Message ids accepted so far, each once, in order of acceptance.
+    pub fn accepted_ids(&self) -> Vec<String> {
+        self.lock().accepted_ids.clone()
     }
 
     /// Applies the client's outcome: accepted is done; anything else, including
@@ -287,10 +332,17 @@ impl Subscription {
     pub fn on_outcome(&self, pending: Pending, outcome: Result<Outcome, impl std::fmt::Debug>) {
         let counter = match &outcome {
             Ok(Outcome::Accepted(_)) => {
+                if pending.accepted.swap(true, Ordering::Relaxed) {
+                    Stats::bump(&self.stats.accepted_again);
+                    return;
+                }
                 Stats::bump(&self.stats.accepted);
                 self.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
                 let mut q = self.lock();
                 q.accepted_unique += 1;
+                if let Some(id) = &pending.message.message_id {
+                    q.accepted_ids.push(id.clone());
+                }
                 if Some(q.accepted_unique) == self.total {
                     self.done.send_replace(true);
                 }
@@ -302,21 +354,12 @@ impl Subscription {
             Err(_) => &self.stats.unsettled_at_disconnect,
         };
         Stats::bump(counter);
+        if pending.accepted.load(Ordering::Relaxed) {
+            // Another copy was accepted meanwhile: nothing to redeliver.
+            return;
+        }
         tracing::debug!(message_id = ?pending.message.message_id, ?outcome, "not accepted; will redeliver");
-        let mut q = self.lock();
-        let id = q.delayed_seq;
-        q.delayed_seq += 1;
-        q.delayed
-            .push(Reverse((Instant::now() + self.limits.redeliver_after, id)));
-        q.delayed_items.insert(
-            id,
-            Pending {
-                message: pending.message,
-                attempts: pending.attempts + 1,
-            },
-        );
-        drop(q);
-        self.wake.notify_waiters();
+        self.redeliver_at(Instant::now() + self.limits.redeliver_after, &pending);
     }
 }
 

@@ -12,7 +12,7 @@ use fe2o3_amqp::Receiver;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{Disposition, Envelope, Settlement};
+use crate::envelope::{Disposition, Envelope, Outcome, Settlement};
 use crate::pipeline::Pipeline;
 use crate::telemetry::{ConnectionMetrics, SourceOutcome};
 
@@ -41,7 +41,7 @@ pub struct LinkContext {
 }
 
 /// Outcomes on their way from the pipeline back to the link.
-type SettleQueue = mpsc::UnboundedReceiver<(DeliveryInfo, Disposition)>;
+type SettleQueue = mpsc::UnboundedReceiver<Outcome>;
 
 /// Runs one attached receiver until it fails or the bridge closes; counts
 /// what it receives and settles on `counters`. An outcome counts as a
@@ -52,7 +52,7 @@ pub async fn run(
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
 ) -> LinkEnd {
-    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<(DeliveryInfo, Disposition)>();
+    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Outcome>();
     let end = receive(receiver, ctx, counters, settle_tx, &mut settle_rx).await;
     // Outcomes still queued can no longer be given on this link; later ones
     // find the queue closed (counted by their Settlement).
@@ -75,7 +75,7 @@ async fn receive(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
-    settle_tx: mpsc::UnboundedSender<(DeliveryInfo, Disposition)>,
+    settle_tx: mpsc::UnboundedSender<Outcome>,
     settle_rx: &mut SettleQueue,
 ) -> LinkEnd {
     // Permits backing the credit granted and not yet used by a delivery.
@@ -101,7 +101,8 @@ async fn receive(
         let need_slot = !stopping && granted == 0;
         tokio::select! {
             biased;
-            Some((info, disposition)) = settle_rx.recv() => {
+            Some((info, disposition, _slot)) = settle_rx.recv() => {
+                // `_slot` is freed at the end of this arm, after the outcome went out.
                 let (outcome, result) = match disposition {
                     Disposition::Accept => (SourceOutcome::Accepted, receiver.accept(info).await),
                     Disposition::Release => (SourceOutcome::Released, receiver.release(info).await),
@@ -164,9 +165,9 @@ async fn receive(
                     continue;
                 }
                 let Some(envelope) = to_envelope(delivery) else {
-                    // An AMQP sequence body has no byte form to forward:
-                    // counted and rejected like an undecodable message.
-                    tracing::warn!("message with an AMQP sequence body rejected");
+                    // An AMQP sequence or compound value body has no byte form
+                    // to forward: counted and rejected like an undecodable message.
+                    tracing::warn!("message with an AMQP sequence or compound value body rejected");
                     counters.undecodable();
                     let result = receiver.reject(info, None).await;
                     count_outcome(counters, SourceOutcome::Rejected, result);
@@ -188,8 +189,36 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
     }
 }
 
+/// An AMQP value body as bytes: text and binary as they are, a scalar as its
+/// text; `None` for a list, map, array or described value, which have no
+/// byte form a broker's consumer could read (rejected and counted like an
+/// AMQP sequence body, never forwarded as Rust debug text).
+fn value_bytes(value: Value) -> Option<Vec<u8>> {
+    let text = match value {
+        Value::String(s) => s,
+        Value::Binary(b) => return Some(b.into_vec()),
+        Value::Symbol(s) => s.0,
+        Value::Null => String::new(),
+        Value::Bool(v) => v.to_string(),
+        Value::Ubyte(v) => v.to_string(),
+        Value::Ushort(v) => v.to_string(),
+        Value::Uint(v) => v.to_string(),
+        Value::Ulong(v) => v.to_string(),
+        Value::Byte(v) => v.to_string(),
+        Value::Short(v) => v.to_string(),
+        Value::Int(v) => v.to_string(),
+        Value::Long(v) => v.to_string(),
+        Value::Float(v) => v.to_string(),
+        Value::Double(v) => v.to_string(),
+        Value::Char(v) => v.to_string(),
+        Value::Timestamp(t) => t.milliseconds().to_string(),
+        _ => return None,
+    };
+    Some(text.into_bytes())
+}
+
 /// Copies the body once into shared bytes and renders the properties as text;
-/// `None` for a body with no byte form (an AMQP sequence).
+/// `None` for a body with no byte form (an AMQP sequence, a compound value).
 pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
     let message = delivery.into_message();
     let properties = message
@@ -216,11 +245,7 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
                 }
             }
         }
-        Body::Value(v) => match v.0 {
-            Value::String(s) => Bytes::from(s),
-            Value::Binary(b) => Bytes::from(b.into_vec()),
-            other => Bytes::from(format!("{other:?}")),
-        },
+        Body::Value(v) => Bytes::from(value_bytes(v.0)?),
         Body::Empty => Bytes::new(),
         Body::Sequence(_) => return None,
     };
