@@ -317,6 +317,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn missing_topics_get_a_grace_period_and_stay_bounded() {
+        let missing = MissingTopics {
+            since: Default::default(),
+            grace: Duration::from_secs(60),
+        };
+        let refused = || SinkError::Permanent("unknown topic".into());
+        assert!(matches!(missing.classify("t", refused()), SinkError::Transient(_)));
+        missing.found("t");
+        for i in 0..(3 * MAX_MISSING_TOPICS) {
+            let _ = missing.classify(&format!("t{i}"), refused());
+        }
+        assert!(missing.since.lock().unwrap().len() <= MAX_MISSING_TOPICS);
+        let expired = MissingTopics {
+            since: Default::default(),
+            grace: Duration::ZERO,
+        };
+        assert!(matches!(expired.classify("t", refused()), SinkError::Permanent(_)));
+    }
+
+    #[test]
     fn permanent_and_transient_errors() {
         let permanent = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         assert!(matches!(classify(&permanent), SinkError::Permanent(_)));

@@ -2,7 +2,7 @@
 //! most once per topic at a time, kept 30 s, and the rules for deciding that
 //! a topic is missing rather than briefly gone.
 
-use std::collections::HashMap;
+use hashlink::LruCache;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,10 +44,15 @@ struct TopicState {
     last_failure: Option<(Instant, String)>,
 }
 
+/// The most topics whose state is kept; the least recently used is
+/// forgotten first (topics templated per device must not grow memory
+/// without end; a forgotten topic is looked up again when next used).
+pub(super) const MAX_TOPICS: usize = 10_000;
+
 /// Routes by topic.
 pub(super) struct TopicRoutes {
     pub name_servers: NameServers,
-    topics: Mutex<HashMap<String, TopicState>>,
+    topics: Mutex<LruCache<String, TopicState>>,
     topic_missing_grace: Duration,
 }
 
@@ -56,7 +61,7 @@ impl TopicRoutes {
     pub(super) fn new(name_servers: NameServers, topic_missing_grace: Duration) -> TopicRoutes {
         TopicRoutes {
             name_servers,
-            topics: Mutex::default(),
+            topics: Mutex::new(LruCache::new(MAX_TOPICS)),
             topic_missing_grace,
         }
     }
@@ -64,9 +69,13 @@ impl TopicRoutes {
     /// Runs `f` on the topic's state under the lock.
     fn with<R>(&self, topic: &str, f: impl FnOnce(&mut TopicState) -> R) -> R {
         let mut topics = lock(&self.topics);
+        if !topics.contains_key(topic) {
+            topics.insert(topic.to_string(), TopicState::default());
+        }
         match topics.get_mut(topic) {
             Some(state) => f(state),
-            None => f(topics.entry(topic.to_string()).or_default()),
+            // Just inserted; only a capacity of 0 could lose it.
+            None => f(&mut TopicState::default()),
         }
     }
 
@@ -203,5 +212,31 @@ impl TopicRoutes {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn the_topic_state_stays_bounded() {
+        let routes = TopicRoutes::new(
+            NameServers {
+                sink: Arc::from("t"),
+                addrs: Vec::new(),
+                next: Default::default(),
+                acl: None,
+                timeout: Duration::from_secs(1),
+                pool: Arc::new(super::super::connection::Pool::new(None, Duration::from_secs(1))),
+            },
+            Duration::from_secs(60),
+        );
+        for i in 0..(5 * MAX_TOPICS) {
+            routes.remember(&format!("topic_{i}"), Vec::new(), Duration::from_secs(30));
+        }
+        assert_eq!(lock(&routes.topics).len(), MAX_TOPICS);
+        // The most recent topics are the ones kept.
+        assert!(routes.cached(&format!("topic_{}", 5 * MAX_TOPICS - 1)).is_some());
     }
 }
