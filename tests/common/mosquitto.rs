@@ -125,9 +125,21 @@ impl Mosquitto {
     }
 
     /// Stops the broker (SIGTERM, so it saves its sessions) and waits for it.
+    /// Mosquitto loses a SIGTERM that arrives just after it reported
+    /// "running" (it sets its run flag afterwards), so the signal is repeated
+    /// until the process is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            super::signal(child.id(), "TERM");
+            for _ in 0..100 {
+                super::signal(child.id(), "TERM");
+                for _ in 0..10 {
+                    if child.try_wait().ok().flatten().is_some() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
