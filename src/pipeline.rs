@@ -340,7 +340,15 @@ impl Pipeline {
         let started = Instant::now();
         loop {
             let sent = Instant::now();
-            let error = match sink.send(message.clone()).await {
+            // Drain's give-up also ends a send in progress (a broker that never
+            // answers): the copy counts as unconfirmed and the message is released.
+            let result = tokio::select! {
+                result = sink.send(message.clone()) => result,
+                _ = self.give_up.cancelled() => {
+                    return Err(SinkError::Transient("shutdown gave up waiting for the broker".into()));
+                }
+            };
+            let error = match result {
                 Ok(()) => {
                     metrics.confirmed.inc();
                     metrics

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -429,4 +430,427 @@ dead_letter: dead
         let error = line["failure"]["error"].as_str().unwrap();
         assert!(error.contains("NotAuthorized"), "{error}");
     }
+}
+
+/// A broker whose anonymous clients may only use the topics `acl` grants
+/// (Mosquitto answers other MQTT 5 publishes "not authorized"), plus `extra`
+/// config lines.
+fn acl_broker(acl: &str, extra: &str) -> Mosquitto {
+    let acl = acl.to_string();
+    let extra = extra.to_string();
+    Mosquitto::start_with(move |dir| {
+        let path = dir.join("acl");
+        std::fs::write(&path, acl).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        format!("acl_file {}\n{extra}", path.display())
+    })
+}
+
+/// The Receive Maximum and Maximum Packet Size a broker announces in its MQTT 5 CONNACK.
+async fn v5_connack_limits(port: u16) -> (Option<u16>, Option<u32>) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("connack-probe", "127.0.0.1", port), 10);
+    let limits = within(10, "CONNACK", async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let props = ack.properties.as_ref();
+                    break (
+                        props.and_then(|p| p.receive_max),
+                        props.and_then(|p| p.max_packet_size),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => panic!("probe cannot connect: {e}"),
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    limits
+}
+
+/// Distinct message ids of the dead letters a route wrote, each checked to
+/// carry the broker's refusal.
+fn dead_lettered_ids(lines: &[serde_json::Value], route: &str, reason: &str) -> HashSet<String> {
+    lines
+        .iter()
+        .filter(|l| l["failure"]["route"] == route)
+        .map(|l| {
+            let error = l["failure"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains(reason), "{route}: {error}");
+            l["messageId"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+/// Ids that arrived under `prefix` (topics `PREFIX{messageId}`).
+fn arrived_ids(subscriber: &Subscriber, prefix: &str) -> HashSet<String> {
+    subscriber
+        .counts()
+        .keys()
+        .filter_map(|t| t.strip_prefix(prefix).map(str::to_string))
+        .collect()
+}
+
+/// rumqttc's MQTT 5 client frees a QoS 2 packet id at PUBREC and its ids run
+/// only up to the broker's Receive Maximum, so with Receive Maximum 2 and QoS 1
+/// acks overtaking, an id comes back while the PUBCOMP of its first holder is
+/// still due. That PUBCOMP must confirm only its own publish: every allowed
+/// copy arrives, every refused one (QoS 1 and QoS 2) is dead-lettered, and so
+/// none was accepted on another publish's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_qos2_packet_ids_reused_after_pubrec_never_confirm_another_publish() {
+    const N: u64 = 400;
+    const RECEIVE_MAX: u16 = 2;
+    let broker = acl_broker(
+        "topic readwrite ok/#\n",
+        &format!("max_inflight_messages {RECEIVE_MAX}"),
+    );
+    let (receive_max, _) = v5_connack_limits(broker.port).await;
+    assert_eq!(receive_max, Some(RECEIVE_MAX), "announced in CONNACK");
+    let subscriber = Subscriber::start(broker.port, "reuse-sub", "ok/#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-reuse", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: reuse-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - name: allowed
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: m, topic: "ok/1/{{messageId}}", qos: 1 }}
+      - {{ sink: m, topic: "ok/2/{{messageId}}", qos: 2 }}
+  - name: refused-1
+    match: {{ topic: "/+/+/thing/lifecycle" }}
+    to: [ {{ sink: m, topic: "denied/1/{{messageId}}", qos: 1 }} ]
+  - name: refused-2
+    match: {{ topic: "/+/+/thing/lifecycle" }}
+    to: [ {{ sink: m, topic: "denied/2/{{messageId}}", qos: 2 }} ]
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    let mut total = subscriber.total();
+    within(
+        30,
+        "every allowed copy at the subscriber",
+        total.wait_for(|_| {
+            arrived_ids(&subscriber, "ok/1/").len() as u64 == N
+                && arrived_ids(&subscriber, "ok/2/").len() as u64 == N
+        }),
+    )
+    .await
+    .unwrap();
+    let b = bridge.metrics();
+    eprintln!(
+        "reuse: forwarded {} retries {} failed {} dead-lettered {} broker connects {}",
+        b.forwarded(),
+        b.retries(),
+        b.failed(),
+        b.dead_lettered(),
+        broker.connects.load(Ordering::Relaxed)
+    );
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    let lines = read_jsonl(&dead);
+    for line in &lines {
+        let topic = line["topic"].as_str().unwrap_or_default();
+        assert!(topic.ends_with("/thing/lifecycle"), "{line}");
+    }
+    let refused_1 = dead_lettered_ids(&lines, "refused-1", "NotAuthorized");
+    let refused_2 = dead_lettered_ids(&lines, "refused-2", "NotAuthorized");
+    assert_eq!(refused_1.len() as u64, N / 20, "every refused QoS 1 copy");
+    assert_eq!(refused_2, refused_1, "every refused QoS 2 copy");
+    assert!(lines.iter().all(|l| l["failure"]["route"] != "allowed"));
+}
+
+/// A refused QoS 2 publish (PUBREC "not authorized") is never un-counted by
+/// rumqttc's MQTT 5 in-flight count. More refusals than the Receive Maximum
+/// must not stop the sink: the allowed messages behind them arrive, the
+/// refused ones are dead-lettered, nothing stays in flight, and nobody waits
+/// for the 30 s confirm timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_refused_qos2_beyond_receive_maximum_does_not_stall() {
+    const DENIED: usize = 10;
+    const ALLOWED: usize = 20;
+    const STALL_SECS: u64 = 20;
+    let broker = acl_broker("topic readwrite ok/#\n", "max_inflight_messages 3");
+    assert_eq!(v5_connack_limits(broker.port).await.0, Some(3));
+    let subscriber = Subscriber::start(broker.port, "stall-sub", "ok/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<serde_json::Value> = (0..DENIED)
+        .map(|i| serde_json::json!({"topic": "/p/d/denied", "messageId": format!("d{i}"), "body": "no"}))
+        .chain((0..ALLOWED).map(
+            |i| serde_json::json!({"topic": "/p/d/ok", "messageId": format!("a{i}"), "body": "yes"}),
+        ))
+        .collect();
+    let messages = messages_file_lines(dir.path(), &lines);
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-stall", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: stall-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - name: denied
+    match: {{ topic: "/p/d/denied" }}
+    to: [ {{ sink: m, topic: "denied/{{messageId}}", qos: 2 }} ]
+  - name: allowed
+    match: {{ topic: "/p/d/ok" }}
+    to: [ {{ sink: m, topic: "ok/{{messageId}}", qos: 2 }} ]
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    // Well under the 30 s confirm timeout: the sink must not wait for it.
+    let all = tokio::time::timeout(Duration::from_secs(STALL_SECS), emulator.all_accepted()).await;
+    if all.is_err() {
+        let (s, b) = (emulator.stats().snapshot(), bridge.metrics());
+        panic!(
+            "stalled: pushed {} accepted {}, in flight {}, forwarded {}, dead-lettered {}, retries {}",
+            s.pushed,
+            s.accepted,
+            b.in_flight(),
+            b.forwarded(),
+            b.dead_lettered(),
+            b.retries()
+        );
+    }
+    eventually("nothing in flight", 10, || {
+        bridge.metrics().in_flight() == 0
+    })
+    .await;
+    let mut total = subscriber.total();
+    within(
+        10,
+        "every allowed message",
+        total.wait_for(|_| arrived_ids(&subscriber, "ok/").len() == ALLOWED),
+    )
+    .await
+    .unwrap();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(
+        (stats.accepted, stats.outstanding),
+        ((DENIED + ALLOWED) as u64, 0)
+    );
+    let expected: HashSet<String> = (0..ALLOWED).map(|i| format!("a{i}")).collect();
+    assert_eq!(arrived_ids(&subscriber, "ok/"), expected);
+    let expected: HashSet<String> = (0..DENIED).map(|i| format!("d{i}")).collect();
+    assert_eq!(
+        dead_lettered_ids(&read_jsonl(&dead), "denied", "NotAuthorized"),
+        expected
+    );
+}
+
+/// The exact size rumqttc will write for this MQTT 5 publish (QoS 1, a packet
+/// id, these user properties).
+fn v5_packet_size(topic: &str, body_len: usize, properties: &[(&str, &str)]) -> usize {
+    use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+    let props = PublishProperties {
+        user_properties: properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut publish = Publish::new(
+        topic,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        vec![b'x'; body_len],
+        Some(props),
+    );
+    publish.pkid = 1;
+    publish.size()
+}
+
+/// A publish 1 or 2 bytes over the broker's announced maximum is a dead letter;
+/// one of exactly the maximum is delivered; the connection is never torn down.
+/// Sizes sit where the old estimate was short: over 16 KiB (3-byte remaining
+/// length) with more than 127 bytes of properties (2-byte property length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publish_one_or_two_bytes_over_broker_maximum_is_dead_lettered() {
+    const MAX: usize = 20_000;
+    let broker = Mosquitto::start_with(|_| format!("max_packet_size {MAX}"));
+    assert_eq!(v5_connack_limits(broker.port).await.1, Some(MAX as u32));
+    let subscriber = Subscriber::start_as(broker.port, "max-sub", "s/#", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source_topic = format!("/p/d/{}", "t".repeat(150));
+    const GENERATED: &str = "1700000000000";
+    let body_for = |id: &str, size: usize| -> String {
+        let props = [
+            ("topic", source_topic.as_str()),
+            ("messageId", id),
+            ("generateTime", GENERATED),
+        ];
+        let topic = format!("s/{id}");
+        let guess = size - v5_packet_size(&topic, 0, &props);
+        let len = (guess.saturating_sub(8)..guess + 8)
+            .find(|len| v5_packet_size(&topic, *len, &props) == size)
+            .expect("a body of that exact packet size");
+        "x".repeat(len)
+    };
+    let lines: Vec<serde_json::Value> = [("at", MAX), ("over1", MAX + 1), ("over2", MAX + 2), ("small", 0)]
+        .iter()
+        .map(|(id, size)| {
+            let body = if *size == 0 { "small".to_string() } else { body_for(id, *size) };
+            serde_json::json!({"topic": source_topic, "messageId": id, "generateTime": 1_700_000_000_000i64, "body": body})
+        })
+        .collect();
+    let messages = messages_file_lines(dir.path(), &lines);
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-max", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: max-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "s/{{messageId}}" }} ] }}
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let connects_before = broker.connects.load(Ordering::Relaxed);
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(30, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(2, 30).await;
+    let retries = bridge.metrics().retries();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (4, 0));
+    assert_eq!(retries, 0, "no copy failed and was retried");
+    assert_eq!(
+        broker.connects.load(Ordering::Relaxed) - connects_before,
+        1,
+        "the bridge connected once and never reconnected"
+    );
+    let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
+    arrived.sort();
+    assert_eq!(arrived, ["s/at", "s/small"]);
+    let lines = read_jsonl(&dead);
+    let ids = dead_lettered_ids(&lines, "all", "max_packet_size");
+    assert_eq!(
+        ids,
+        HashSet::from(["over1".to_string(), "over2".to_string()])
+    );
+    assert_eq!(lines.len(), 2);
+}
+
+/// An application property longer than an MQTT string (65 535 bytes) cannot be
+/// a user property: a dead letter, not a truncated length on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_user_property_over_65535_bytes_is_dead_lettered() {
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "prop-sub", "p/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        serde_json::json!({"topic": "/p/d/x", "messageId": "big", "body": "b", "properties": {"huge": "v".repeat(65_536)}}),
+        serde_json::json!({"topic": "/p/d/x", "messageId": "edge", "body": "e", "properties": {"edge": "v".repeat(65_535)}}),
+        serde_json::json!({"topic": "/p/d/x", "messageId": "small", "body": "s"}),
+    ];
+    let messages = messages_file_lines(dir.path(), &lines);
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let dead = dir.path().join("dead.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-prop", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: prop-out }}
+  dead: {{ kind: file, path: {dead} }}
+routes:
+  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "p/{{messageId}}" }} ] }}
+dead_letter: dead
+"##,
+            port = broker.port,
+            dead = dead.display()
+        ),
+    );
+    let connects_before = broker.connects.load(Ordering::Relaxed);
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(30, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(2, 30).await;
+    let retries = bridge.metrics().retries();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (3, 0));
+    assert_eq!(retries, 0, "no copy failed and was retried");
+    assert_eq!(broker.connects.load(Ordering::Relaxed) - connects_before, 1);
+    let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
+    arrived.sort();
+    assert_eq!(arrived, ["p/edge", "p/small"]);
+    let ids = dead_lettered_ids(&read_jsonl(&dead), "all", "65535");
+    assert_eq!(ids, HashSet::from(["big".to_string()]));
+}
+
+/// Sends waiting for a broker that stopped answering (SIGSTOP, so no error
+/// either) are reached by shutdown's give-up: each such message is released
+/// explicitly before the source closes, none is left unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_give_up_releases_sends_waiting_on_a_frozen_broker() {
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "frozen-sub", "f/#").await;
+    let emulator = emulator(|c| {
+        c.count = 1_000;
+        c.rate = 50;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-frozen", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: frozen-out, keep_alive: 60s }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "f/{{messageId}}" }} ] }}
+shutdown_timeout: 1s
+"##,
+            port = broker.port
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    subscriber.wait_for_total(1, 30).await;
+    broker.signal("STOP");
+    eventually("messages waiting for the frozen broker", 30, || {
+        bridge.metrics().in_flight() >= 5
+    })
+    .await;
+    let started = Instant::now();
+    bridge.shutdown().await;
+    let took = started.elapsed();
+    broker.signal("CONT");
+    let stats = emulator.shutdown().await;
+    eprintln!(
+        "frozen: accepted {} released {} unsettled at disconnect {} shutdown {took:?}",
+        stats.accepted, stats.released, stats.unsettled_at_disconnect
+    );
+    assert_eq!(stats.unsettled_at_disconnect, 0);
+    assert!(stats.released >= 5, "released {}", stats.released);
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
 }

@@ -147,6 +147,19 @@ pub fn messages_file(dir: &std::path::Path, messages: &[(&str, &str)]) -> std::p
     path
 }
 
+/// An emulator `--messages` file from whole JSON lines (`topic`, `body`, and
+/// optionally `messageId`, `generateTime`, `properties`), for tests that need
+/// exact ids or exact packet sizes.
+pub fn messages_file_lines(
+    dir: &std::path::Path,
+    lines: &[serde_json::Value],
+) -> std::path::PathBuf {
+    let path = dir.join("messages.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n")).unwrap();
+    path
+}
+
 /// Reads a broker's log on a thread: every line goes to `on_line`, and the
 /// first line for which `is_ready` holds is sent on the returned channel.
 pub fn follow_output(

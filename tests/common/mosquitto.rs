@@ -40,6 +40,8 @@ pub struct Mosquitto {
     pub refusals: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Topics of every PUBLISH the broker logged as received (needs `log_type debug`).
     pub received: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Log lines saying a client connected (every connect and reconnect).
+    pub connects: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Mosquitto {
@@ -63,6 +65,7 @@ impl Mosquitto {
             extra,
             refusals: Default::default(),
             received: Default::default(),
+            connects: Default::default(),
         };
         broker.launch();
         broker
@@ -94,6 +97,7 @@ impl Mosquitto {
         let stderr = child.stderr.take().unwrap();
         let refusals = self.refusals.clone();
         let received = self.received.clone();
+        let connects = self.connects.clone();
         let rx = super::follow_output(
             stderr,
             |line| line.contains("running") || line.contains("Error"),
@@ -106,6 +110,9 @@ impl Mosquitto {
                 }
                 if std::env::var_os("MOSQUITTO_LOG").is_some() {
                     eprintln!("mosquitto: {line}");
+                }
+                if line.contains("New client connected") {
+                    connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 if line.contains("not authorised") {
                     refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

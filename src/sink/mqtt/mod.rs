@@ -1,6 +1,12 @@
 //! MQTT sink (rumqttc; MQTT 3.1.1 in `v4`, MQTT 5 in `v5`). A publish resolves
 //! on its PUBACK (QoS 1), PUBCOMP (QoS 2) or, for QoS 0, once written.
 //!
+//! A QoS 2 publish past a successful PUBREC waits for its PUBCOMP in a table
+//! of its own: rumqttc frees the packet id at PUBREC and may give it to the
+//! next publish while that PUBCOMP is still due, so the two never share an
+//! entry (and a waiter is never overwritten). A connection where a waiter
+//! stays unanswered past `CONFIRM_TIMEOUT` is treated as failed.
+//!
 //! rumqttc reports `Outgoing::Publish(pkid)` in the order publishes were
 //! requested, so requests and their waiters go into one FIFO under one lock;
 //! the event loop pairs each outgoing packet id with the next waiter and each
@@ -12,11 +18,12 @@
 mod v4;
 mod v5;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -27,8 +34,14 @@ use super::{Outgoing, Sink, SinkBuildError, SinkError};
 use crate::backoff::Backoff;
 use crate::config::{MqttSinkConfig, MqttVersion, Secret};
 
-/// A publish the broker has not confirmed by then is failed back for a retry.
+/// A publish the broker has not confirmed by then is failed back for a retry,
+/// and its connection is treated as stuck (reconnected). Waiting this long for
+/// room in the in-flight window is a transient failure too.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the driver looks for a waiter past `CONFIRM_TIMEOUT`.
+const STUCK_CHECK: Duration = Duration::from_secs(1);
+/// The longest string MQTT can carry (a u16 length prefix).
+const MAX_STRING: usize = 65_535;
 /// The in-flight window of an MQTT 3.1.1 sink unless configured.
 const DEFAULT_WINDOW_V311: usize = 100;
 /// The most an MQTT 5 sink takes from the broker's receive maximum unless configured.
@@ -45,8 +58,14 @@ pub(crate) enum LoopEvent {
     },
     /// A publish was written with this packet id (0 for QoS 0).
     Written(u16),
-    /// The broker's final answer for a packet id (PUBACK, PUBCOMP, failing PUBREC).
+    /// The broker's final answer to a written publish: PUBACK, or a PUBREC
+    /// with an error reason.
     Answered(u16, Result<(), SinkError>),
+    /// A successful PUBREC: the QoS 2 exchange goes on to PUBCOMP, and rumqttc
+    /// may reuse the packet id from now on.
+    Received(u16),
+    /// PUBCOMP, the confirmation of a QoS 2 publish.
+    Completed(u16, Result<(), SinkError>),
     /// The client disconnected on purpose.
     Closed,
     /// The connection failed or was refused; the driver calls `reset` next.
@@ -58,9 +77,10 @@ pub(crate) enum LoopEvent {
 pub(crate) trait EventSource: Send + 'static {
     /// The next event.
     fn next(&mut self) -> impl Future<Output = LoopEvent> + Send;
-    /// After a failure: drop rumqttc's replay queue (and the requests still in
-    /// its channel) and its buffered events. Called with the tracker locked, so
-    /// no publish can slip in between this and failing the waiters.
+    /// After a failure: drop the connection, rumqttc's replay queue (and the
+    /// requests still in its channel) and its buffered events. Called with the
+    /// tracker locked, so no publish can slip in between this and failing the
+    /// waiters. The next `next` connects afresh.
     fn reset(&mut self);
 }
 
@@ -109,7 +129,17 @@ impl Client {
 struct Waiter {
     done: oneshot::Sender<Result<(), SinkError>>,
     qos: u8,
+    /// When the publish was handed to rumqttc (for the stuck check).
+    since: Instant,
+    /// Held until the broker answered (or the connection failed), so the
+    /// window also bounds what sits in rumqttc's request channel.
     _slot: OwnedSemaphorePermit,
+}
+
+impl Waiter {
+    fn resolve(self, result: Result<(), SinkError>) {
+        let _ = self.done.send(result);
+    }
 }
 
 #[derive(Default)]
@@ -117,21 +147,89 @@ struct Tracker {
     connected: bool,
     /// Requested, not yet written (no packet id yet), in request order.
     queued: VecDeque<Waiter>,
-    /// Written, waiting for the broker's answer.
+    /// Written, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     by_pkid: HashMap<u16, Waiter>,
+    /// QoS 2 past a successful PUBREC, waiting for PUBCOMP. Apart from
+    /// `by_pkid` because rumqttc hands the id to a new publish after PUBREC.
+    released: HashMap<u16, Waiter>,
 }
 
 impl Tracker {
     fn fail_all(&mut self, reason: &str) -> usize {
-        let n = self.queued.len() + self.by_pkid.len();
+        let n = self.queued.len() + self.by_pkid.len() + self.released.len();
         for w in self
             .queued
             .drain(..)
             .chain(self.by_pkid.drain().map(|(_, w)| w))
+            .chain(self.released.drain().map(|(_, w)| w))
         {
-            let _ = w.done.send(Err(SinkError::Transient(reason.to_string())));
+            w.resolve(Err(SinkError::Transient(reason.to_string())));
         }
         n
+    }
+
+    /// Why the connection counts as stuck: a waiter unanswered (or unwritten)
+    /// for `CONFIRM_TIMEOUT` while connected.
+    fn stuck(&self, now: Instant) -> Option<String> {
+        if !self.connected {
+            return None;
+        }
+        let oldest = self
+            .queued
+            .front()
+            .into_iter()
+            .chain(self.by_pkid.values())
+            .chain(self.released.values())
+            .map(|w| w.since)
+            .min()?;
+        (now.saturating_duration_since(oldest) >= CONFIRM_TIMEOUT).then(|| {
+            format!(
+                "a publish stayed unconfirmed for {}s on a live connection",
+                CONFIRM_TIMEOUT.as_secs()
+            )
+        })
+    }
+
+    /// Pairs the next requested publish with the packet id it was written with.
+    /// Err: the id still belongs to an unanswered publish (never overwritten;
+    /// the connection is failed instead, since its answers are now ambiguous).
+    fn written(&mut self, pkid: u16) -> Result<(), String> {
+        let Some(w) = self.queued.pop_front() else {
+            return Ok(());
+        };
+        if w.qos == 0 {
+            w.resolve(Ok(()));
+            return Ok(());
+        }
+        match self.by_pkid.entry(pkid) {
+            Entry::Vacant(slot) => {
+                slot.insert(w);
+            }
+            Entry::Occupied(_) => {
+                w.resolve(Err(SinkError::Transient(format!(
+                    "packet id {pkid} reused while unanswered"
+                ))));
+                return Err(format!("packet id {pkid} reused while still unanswered"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A successful PUBREC: the publish now waits for its PUBCOMP.
+    fn received(&mut self, pkid: u16) -> Result<(), String> {
+        let Some(w) = self.by_pkid.remove(&pkid) else {
+            return Ok(());
+        };
+        if self.released.contains_key(&pkid) {
+            w.resolve(Err(SinkError::Transient(format!(
+                "PUBREC for packet id {pkid} before the PUBCOMP of its previous use"
+            ))));
+            return Err(format!(
+                "PUBREC for packet id {pkid} arrived before the PUBCOMP of its previous use"
+            ));
+        }
+        self.released.insert(pkid, w);
+        Ok(())
     }
 }
 
@@ -271,27 +369,24 @@ impl Sink for MqttSink {
                     "invalid MQTT topic name `{topic}`"
                 )));
             }
-            // Fixed header (≤5) + topic length and text + packet id + payload;
-            // MQTT 5 user properties add their text and a few bytes each.
-            let properties: usize = match client {
-                Client::V5(_) => message
-                    .forwarded_properties(true)
-                    .map(|(k, v)| k.len() + v.len() + 5)
-                    .sum(),
-                Client::V4(_) => 0,
+            let size = match &client {
+                Client::V5(_) => v5::packet_size(&topic, &message)?,
+                Client::V4(_) => v4::packet_size(&topic, &message),
             };
-            let size = 5 + 2 + topic.len() + 2 + message.envelope.body.len() + properties;
             let max = limits.max_packet_size.load(Ordering::Relaxed);
             if size > max {
                 return Err(SinkError::Permanent(format!(
                     "message of {size} bytes exceeds the broker's max_packet_size {max}"
                 )));
             }
-            let slot = limits
-                .window
-                .clone()
-                .acquire_owned()
+            let slot = tokio::time::timeout(CONFIRM_TIMEOUT, limits.window.clone().acquire_owned())
                 .await
+                .map_err(|_| {
+                    SinkError::Transient(format!(
+                        "no room in the in-flight window for {}s",
+                        CONFIRM_TIMEOUT.as_secs()
+                    ))
+                })?
                 .map_err(|_| SinkError::Transient("sink closed".into()))?;
             let (done, confirmed) = oneshot::channel();
             {
@@ -306,6 +401,7 @@ impl Sink for MqttSink {
                 t.queued.push_back(Waiter {
                     done,
                     qos: message.qos,
+                    since: Instant::now(),
                     _slot: slot,
                 });
             }
@@ -363,10 +459,28 @@ struct Driver {
 impl Driver {
     async fn run(self, mut events: impl EventSource) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(20));
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + STUCK_CHECK, STUCK_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = events.next().await;
+            // The poll future lives across stuck checks: it is dropped only
+            // when the connection is given up (rumqttc's poll is not cancel-safe).
+            let event = {
+                let next = events.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        event = &mut next => break event,
+                        _ = check.tick() => {
+                            if let Some(reason) = self.tracker.lock().await.stuck(Instant::now()) {
+                                break LoopEvent::Failed(reason);
+                            }
+                        }
+                    }
+                }
+            };
             let mut t = self.tracker.lock().await;
-            match event {
+            let failure = match event {
                 LoopEvent::Connected {
                     receive_max,
                     max_packet_size,
@@ -376,36 +490,38 @@ impl Driver {
                     self.ready.send_replace(true);
                     backoff.reset();
                     tracing::info!(sink = %self.name, "MQTT connected");
+                    None
                 }
-                LoopEvent::Written(pkid) => {
-                    if let Some(w) = t.queued.pop_front() {
-                        if w.qos == 0 {
-                            let _ = w.done.send(Ok(()));
-                        } else {
-                            t.by_pkid.insert(pkid, w);
-                        }
-                    }
-                }
+                LoopEvent::Written(pkid) => t.written(pkid).err(),
                 LoopEvent::Answered(pkid, result) => {
                     if let Some(w) = t.by_pkid.remove(&pkid) {
-                        let _ = w.done.send(result);
+                        w.resolve(result);
                     }
+                    None
+                }
+                LoopEvent::Received(pkid) => t.received(pkid).err(),
+                LoopEvent::Completed(pkid, result) => {
+                    if let Some(w) = t.released.remove(&pkid) {
+                        w.resolve(result);
+                    }
+                    None
                 }
                 LoopEvent::Closed => {
                     t.fail_all("sink closing");
                     return;
                 }
-                LoopEvent::Other => {}
-                LoopEvent::Failed(reason) => {
-                    t.connected = false;
-                    self.ready.send_replace(false);
-                    events.reset();
-                    let failed = t.fail_all(&format!("disconnected from broker: {reason}"));
-                    drop(t);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = %self.name, error = %reason, failed_back = failed, retry_in = ?delay, "MQTT connection lost or refused");
-                    tokio::time::sleep(delay).await;
-                }
+                LoopEvent::Other => None,
+                LoopEvent::Failed(reason) => Some(reason),
+            };
+            if let Some(reason) = failure {
+                t.connected = false;
+                self.ready.send_replace(false);
+                events.reset();
+                let failed = t.fail_all(&format!("disconnected from broker: {reason}"));
+                drop(t);
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %self.name, error = %reason, failed_back = failed, retry_in = ?delay, "MQTT connection lost, refused or stuck");
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -428,5 +544,100 @@ impl Driver {
                 .max_packet_size
                 .fetch_min(max, Ordering::Relaxed);
         }
+    }
+}
+
+/// Bytes an MQTT remaining-length (variable byte integer) of `len` takes.
+fn varint_len(len: usize) -> usize {
+    match len {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The whole packet's size from its remaining length: the fixed header's
+/// first byte, the remaining-length field, the rest.
+fn packet_size(remaining: usize) -> usize {
+    1 + varint_len(remaining) + remaining
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(qos: u8) -> (Waiter, oneshot::Receiver<Result<(), SinkError>>) {
+        let (done, rx) = oneshot::channel();
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let w = Waiter {
+            done,
+            qos,
+            since: Instant::now(),
+            _slot: slot,
+        };
+        (w, rx)
+    }
+
+    /// rumqttc reuses a QoS 2 packet id once PUBREC arrived: the late PUBCOMP
+    /// confirms the first publish, the new one waits for its own answer.
+    #[test]
+    fn a_packet_id_reused_after_pubrec_keeps_both_waiters_apart() {
+        let mut t = Tracker::default();
+        let (first, mut first_rx) = waiter(2);
+        let (second, mut second_rx) = waiter(1);
+        t.queued.push_back(first);
+        t.written(7).unwrap();
+        t.received(7).unwrap();
+        t.queued.push_back(second);
+        t.written(7).unwrap();
+        t.released.remove(&7).unwrap().resolve(Ok(()));
+        assert!(matches!(first_rx.try_recv(), Ok(Ok(()))));
+        assert!(second_rx.try_recv().is_err(), "not answered yet");
+        let refused = Err(SinkError::Permanent("NotAuthorized".into()));
+        t.by_pkid.remove(&7).unwrap().resolve(refused);
+        assert!(matches!(
+            second_rx.try_recv(),
+            Ok(Err(SinkError::Permanent(_)))
+        ));
+    }
+
+    /// An id still awaiting PUBACK/PUBREC is never overwritten: the newcomer
+    /// fails and the connection is failed, the first waiter stays.
+    #[test]
+    fn an_occupied_packet_id_is_never_overwritten() {
+        let mut t = Tracker::default();
+        let (first, mut first_rx) = waiter(1);
+        let (second, mut second_rx) = waiter(1);
+        t.queued.push_back(first);
+        t.written(3).unwrap();
+        t.queued.push_back(second);
+        assert!(t.written(3).is_err());
+        assert!(matches!(
+            second_rx.try_recv(),
+            Ok(Err(SinkError::Transient(_)))
+        ));
+        assert!(first_rx.try_recv().is_err());
+        assert!(t.by_pkid.contains_key(&3));
+    }
+
+    #[test]
+    fn a_waiter_past_the_confirm_timeout_makes_the_connection_stuck() {
+        let mut t = Tracker {
+            connected: true,
+            ..Tracker::default()
+        };
+        let (w, _rx) = waiter(2);
+        let since = w.since;
+        t.queued.push_back(w);
+        t.written(1).unwrap();
+        t.received(1).unwrap();
+        assert!(t.stuck(since + CONFIRM_TIMEOUT / 2).is_none());
+        assert!(t.stuck(since + CONFIRM_TIMEOUT).is_some());
+        assert_eq!(
+            t.fail_all("stuck"),
+            1,
+            "the released waiter (and its permit) is freed"
+        );
     }
 }

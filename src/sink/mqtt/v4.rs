@@ -8,6 +8,7 @@ use rumqttc::{
 
 use super::{EventSource, LoopEvent, MAX_PACKET};
 use crate::config::{MqttSinkConfig, Secret};
+use crate::sink::Outgoing as Message;
 
 pub(super) fn qos(level: u8) -> QoS {
     match level {
@@ -48,6 +49,13 @@ pub(super) fn connect(
     (client, Events(eventloop))
 }
 
+/// The exact size of the PUBLISH rumqttc will write (MQTT 3.1.1 brokers
+/// announce no limit: the sink's `max_packet_size` is the broker's, if set).
+pub(super) fn packet_size(topic: &str, message: &Message) -> usize {
+    let packet_id = if message.qos > 0 { 2 } else { 0 };
+    super::packet_size(2 + topic.len() + packet_id + message.envelope.body.len())
+}
+
 pub(super) struct Events(EventLoop);
 
 impl EventSource for Events {
@@ -61,7 +69,8 @@ impl EventSource for Events {
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LoopEvent::Written(pkid),
             Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Answered(ack.pkid, Ok(())),
-            Ok(Event::Incoming(Packet::PubComp(comp))) => LoopEvent::Answered(comp.pkid, Ok(())),
+            Ok(Event::Incoming(Packet::PubRec(rec))) => LoopEvent::Received(rec.pkid),
+            Ok(Event::Incoming(Packet::PubComp(comp))) => LoopEvent::Completed(comp.pkid, Ok(())),
             Ok(Event::Outgoing(Outgoing::Disconnect))
             | Err(rumqttc::ConnectionError::RequestsDone) => LoopEvent::Closed,
             Ok(_) => LoopEvent::Other,
@@ -74,5 +83,32 @@ impl EventSource for Events {
         self.0.pending.clear();
         self.0.state.events.clear();
         self.0.state.collision = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_size_is_exactly_what_rumqttc_writes() {
+        for body_len in [
+            0, 1, 120, 121, 122, 16_370, 16_383, 16_384, 2_097_140, 2_097_152,
+        ] {
+            for qos_level in [0, 1, 2] {
+                let body: &'static [u8] = Box::leak(vec![b'x'; body_len].into_boxed_slice());
+                let message = Message {
+                    qos: qos_level,
+                    ..Message::for_test(&[], body)
+                };
+                let mut publish = rumqttc::Publish::new("t/opic", qos(qos_level), body.to_vec());
+                publish.pkid = u16::from(qos_level > 0);
+                assert_eq!(
+                    packet_size("t/opic", &message),
+                    publish.size(),
+                    "body {body_len} qos {qos_level}"
+                );
+            }
+        }
     }
 }
