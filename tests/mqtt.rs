@@ -248,9 +248,20 @@ retry: {{ initial: 50ms, max: 500ms }}
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    // A sentinel published after everything else marks when the rest is
+    // through, in the broker's log and at the subscriber. The log is read from
+    // a pipe on its own thread and can trail the PUBACKs (and so the accepts)
+    // by tens of milliseconds on a busy machine; Mosquitto logs in order, so
+    // once the reader has the sentinel's line it has every line before it.
+    publish_once(broker.port, "k/sentinel").await;
+    eventually("the broker log reader to reach the sentinel", 30, || {
+        broker.received.lock().unwrap().contains("k/sentinel")
+    })
+    .await;
     // The bridge's part: every message was delivered to the broker (its log
     // shows each PUBLISH received) before the source got its accept.
-    let received = broker.received.lock().unwrap().clone();
+    let mut received = broker.received.lock().unwrap().clone();
+    received.remove("k/sentinel");
     assert_eq!(
         received.len(),
         N as usize,
@@ -258,8 +269,6 @@ retry: {{ initial: 50ms, max: 500ms }}
     );
     // The broker's part: a SIGKILL loses what it had acknowledged but not yet
     // passed on or saved; that is Mosquitto's durability, not the bridge's.
-    // A sentinel published after everything else marks when the rest is through.
-    publish_once(broker.port, "k/sentinel").await;
     let total_before = subscriber.counts().len();
     let mut total = subscriber.total();
     within(

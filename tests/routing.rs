@@ -426,3 +426,45 @@ max_in_flight: 64
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_sequence_and_list_bodies_are_forwarded_as_text_or_rejected_and_counted() {
+    // Other AMQP 1.0 sources may send amqp-value or amqp-sequence sections.
+    // A string value is forwarded as its text; a list or a sequence has no
+    // byte form a consumer could read: rejected at the source and counted,
+    // never forwarded as debug text.
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"topic": "/pk/d1/thing/event/property/post", "body": "as-data", "section": "data"}"#,
+        r#"{"topic": "/pk/d1/thing/event/property/post", "body": "as-value", "section": "value"}"#,
+        r#"{"topic": "/pk/d1/thing/event/property/post", "body": "in-a-list", "section": "list"}"#,
+        r#"{"topic": "/pk/d1/thing/event/property/post", "body": "in-a-sequence", "section": "sequence"}"#,
+    ];
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(&messages, lines.join("\n")).unwrap();
+    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+    let out = dir.path().join("out.jsonl");
+    let source = source_yaml(&emulator, dir.path(), "bridge-sections", "");
+    let text = format!(
+        "{source}sinks:\n  out: {{ kind: file, path: {out} }}\n\
+         routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: out }} ] }}\n",
+        out = out.display(),
+    );
+    let config = Config::parse(&text, Path::new("sections.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    eventually("two accepted and two rejected", 30, || {
+        let s = emulator.stats().snapshot();
+        s.accepted == 2 && s.rejected == 2
+    })
+    .await;
+    let metrics = bridge.metrics().clone();
+    bridge.shutdown().await;
+    emulator.shutdown().await;
+    assert_eq!((metrics.undecodable(), metrics.rejected()), (2, 2));
+    let mut bodies: Vec<String> = read_jsonl(&out)
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_string())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["as-data", "as-value"]);
+}

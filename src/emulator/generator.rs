@@ -13,12 +13,29 @@ use crate::source::aliyun::now_ms;
 /// `topic`, `messageId` and `generateTime`, and any extra ones.
 #[derive(Clone, Debug)]
 pub struct PlatformMessage {
+    /// The AMQP body section the body goes out in (the platform uses data).
+    pub section: BodySection,
     /// `None` sends no `messageId` property at all (replayed `"messageId": null`).
     pub message_id: Option<String>,
     pub topic: String,
     pub generate_time: i64,
     pub body: Bytes,
     pub extra_properties: Vec<(String, String)>,
+}
+
+/// How a message's body is put into AMQP body sections: the platform sends
+/// one data section; the others let tests send what other AMQP 1.0 sources
+/// may (replay with `"section": "value" | "list" | "sequence"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodySection {
+    #[default]
+    Data,
+    /// An amqp-value section holding the body as a string.
+    Value,
+    /// An amqp-value section holding a list with the body as a string.
+    List,
+    /// An amqp-sequence section holding the body as a string.
+    Sequence,
 }
 
 /// Where the emulator's messages come from.
@@ -142,6 +159,7 @@ impl MessageSource for Generator {
         };
         Some(PlatformMessage {
             message_id: Some((self.id_base + seq).to_string()),
+            section: BodySection::Data,
             topic,
             generate_time: now,
             body: Bytes::from(body.to_string()),
@@ -202,7 +220,19 @@ impl FileMessages {
                         .collect()
                 })
                 .unwrap_or_default();
+            let section = match value["section"].as_str() {
+                None | Some("data") => BodySection::Data,
+                Some("value") => BodySection::Value,
+                Some("list") => BodySection::List,
+                Some("sequence") => BodySection::Sequence,
+                Some(other) => {
+                    return Err(at(&format!(
+                        "`section` is data, value, list or sequence, not `{other}`"
+                    )))
+                }
+            };
             messages.push(PlatformMessage {
+                section,
                 message_id,
                 topic,
                 generate_time: value["generateTime"]

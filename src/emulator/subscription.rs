@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, Outcome};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
+use fe2o3_amqp::types::messaging::{
+    AmqpSequence, AmqpValue, ApplicationProperties, Body, Data, Message, Outcome,
+};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::generator::{MessageSource, PlatformMessage};
+use super::generator::{BodySection, MessageSource, PlatformMessage};
 
 /// Emulator-wide counters, readable in-process by tests and printed as JSON.
 #[derive(Debug, Default)]
@@ -100,7 +102,7 @@ pub struct Pending {
 
 impl Pending {
     /// The AMQP message: binary body and the platform's application properties.
-    pub fn to_amqp(&self) -> Message<Data> {
+    pub fn to_amqp(&self) -> Message<Body<Value>> {
         let m = &self.message;
         let mut props =
             ApplicationProperties::builder().insert("topic", SimpleValue::String(m.topic.clone()));
@@ -111,9 +113,20 @@ impl Pending {
         for (k, v) in &m.extra_properties {
             props = props.insert(k.as_str(), SimpleValue::String(v.clone()));
         }
+        let text = || Value::String(String::from_utf8_lossy(&m.body).into_owned());
+        let body = match m.section {
+            BodySection::Data => {
+                Body::Data(std::iter::once(Data(Binary::from(m.body.to_vec()))).collect())
+            }
+            BodySection::Value => Body::Value(AmqpValue(text())),
+            BodySection::List => Body::Value(AmqpValue(Value::List(vec![text()]))),
+            BodySection::Sequence => {
+                Body::Sequence(std::iter::once(AmqpSequence(vec![text()])).collect())
+            }
+        };
         Message::builder()
             .application_properties(props.build())
-            .data(Binary::from(m.body.to_vec()))
+            .body(body)
             .build()
     }
 }

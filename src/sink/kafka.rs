@@ -323,7 +323,10 @@ mod tests {
             grace: Duration::from_secs(60),
         };
         let refused = || SinkError::Permanent("unknown topic".into());
-        assert!(matches!(missing.classify("t", refused()), SinkError::Transient(_)));
+        assert!(matches!(
+            missing.classify("t", refused()),
+            SinkError::Transient(_)
+        ));
         missing.found("t");
         for i in 0..(3 * MAX_MISSING_TOPICS) {
             let _ = missing.classify(&format!("t{i}"), refused());
@@ -333,7 +336,10 @@ mod tests {
             since: Default::default(),
             grace: Duration::ZERO,
         };
-        assert!(matches!(expired.classify("t", refused()), SinkError::Permanent(_)));
+        assert!(matches!(
+            expired.classify("t", refused()),
+            SinkError::Permanent(_)
+        ));
     }
 
     #[test]

@@ -171,10 +171,15 @@ pub fn follow_output(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
-        for line in std::io::BufReader::new(output)
-            .lines()
-            .map_while(Result::ok)
-        {
+        // Lossy and line by line: a byte that is not UTF-8 must not stop the
+        // reading (the process would then block on a full pipe).
+        let mut reader = std::io::BufReader::new(output);
+        let mut raw = Vec::new();
+        while reader.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            raw.clear();
             on_line(&line);
             if is_ready(&line) {
                 if let Some(tx) = tx.take() {

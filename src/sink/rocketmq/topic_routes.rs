@@ -228,7 +228,10 @@ mod bound_tests {
                 next: Default::default(),
                 acl: None,
                 timeout: Duration::from_secs(1),
-                pool: Arc::new(super::super::connection::Pool::new(None, Duration::from_secs(1))),
+                pool: Arc::new(super::super::connection::Pool::new(
+                    None,
+                    Duration::from_secs(1),
+                )),
             },
             Duration::from_secs(60),
         );
@@ -237,6 +240,8 @@ mod bound_tests {
         }
         assert_eq!(lock(&routes.topics).len(), MAX_TOPICS);
         // The most recent topics are the ones kept.
-        assert!(routes.cached(&format!("topic_{}", 5 * MAX_TOPICS - 1)).is_some());
+        assert!(routes
+            .cached(&format!("topic_{}", 5 * MAX_TOPICS - 1))
+            .is_some());
     }
 }
