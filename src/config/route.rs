@@ -304,6 +304,7 @@ fn check_destination(kind: &str, topic: &crate::route::Template) -> Result<(), S
         _ => None,
     };
     match problem {
+        Some(problem) if problem.starts_with("topic `") => Err(problem),
         Some(problem) => Err(format!("topic `{}`: {problem}", topic.as_str())),
         None => Ok(()),
     }

@@ -24,11 +24,14 @@ impl Config {
             match sink {
                 SinkConfig::Kafka(kafka) => {
                     for (key, value) in &kafka.properties.0 {
+                        let value_lower = value.trim().to_ascii_lowercase();
                         let weak = match key.as_str() {
                             "acks" | "request.required.acks" => {
-                                !matches!(value.as_str(), "all" | "-1")
+                                !matches!(value_lower.as_str(), "all" | "-1")
                             }
-                            "enable.idempotence" => value == "false",
+                            "enable.idempotence" => {
+                                matches!(value_lower.as_str(), "false" | "0")
+                            }
                             _ => false,
                         };
                         if weak {

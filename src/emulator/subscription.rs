@@ -367,8 +367,10 @@ impl Subscription {
             Err(_) => &self.stats.unsettled_at_disconnect,
         };
         Stats::bump(counter);
-        if pending.accepted.load(Ordering::Relaxed) {
-            // Another copy was accepted meanwhile: nothing to redeliver.
+        if pending.accepted.load(Ordering::Relaxed) || self.limits.ack_timeout.is_some() {
+            // Another copy was accepted meanwhile, or the ack-timeout copy
+            // scheduled at the push redelivers it (one more copy per push,
+            // never two).
             return;
         }
         tracing::debug!(message_id = ?pending.message.message_id, ?outcome, "not accepted; will redeliver");

@@ -28,6 +28,9 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(24 * 3600);
 pub struct StatusOrder {
     devices: Mutex<LruCache<String, Device>>,
     idle: Duration,
+    /// Numbers tickets, so a ticket clears only its own busy mark (a busy
+    /// device evicted and seen again gets a new entry and a new ticket).
+    tickets: std::sync::atomic::AtomicU64,
 }
 
 struct Device {
@@ -35,6 +38,8 @@ struct Device {
     delivered: Option<String>,
     /// Turns true when the status in flight for this device has its outcome.
     busy: Option<watch::Receiver<bool>>,
+    /// The ticket that set `busy`.
+    busy_ticket: u64,
     touched: Instant,
 }
 
@@ -56,6 +61,7 @@ pub struct StatusTicket {
     order: Arc<StatusOrder>,
     key: String,
     time: String,
+    id: u64,
     done: Option<watch::Sender<bool>>,
 }
 
@@ -71,6 +77,7 @@ impl StatusOrder {
         StatusOrder {
             devices: Mutex::new(LruCache::new(capacity.max(1))),
             idle,
+            tickets: Default::default(),
         }
     }
 
@@ -94,6 +101,7 @@ impl StatusOrder {
                 Device {
                     delivered: None,
                     busy: None,
+                    busy_ticket: 0,
                     touched: now,
                 },
             );
@@ -113,11 +121,17 @@ impl StatusOrder {
             return Admission::Stale;
         }
         let (done, busy) = watch::channel(false);
+        let id = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         device.busy = Some(busy);
+        device.busy_ticket = id;
         Admission::Go(StatusTicket {
             order: Arc::clone(self),
             key,
             time,
+            id,
             done: Some(done),
         })
     }
@@ -149,7 +163,9 @@ impl StatusTicket {
             if delivered && device.delivered.as_deref() < Some(self.time.as_str()) {
                 device.delivered = Some(std::mem::take(&mut self.time));
             }
-            device.busy = None;
+            if device.busy_ticket == self.id {
+                device.busy = None;
+            }
         }
         drop(devices);
         done.send_replace(true);
@@ -162,12 +178,25 @@ impl Drop for StatusTicket {
     }
 }
 
+/// The status time, only in one of the platform's fixed-width formats
+/// (`2026-11-22T00:00:03.000Z`, `2026-11-22 08:00:03.000`): anything else
+/// would compare wrongly as text, and a garbage time recorded as delivered
+/// would hide every real status of the device.
 fn status_time(envelope: &Envelope) -> Option<String> {
     let body = envelope.json()?;
-    body.get("utcTime")
+    let time = body
+        .get("utcTime")
         .or_else(|| body.get("time"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
+        .and_then(|t| t.as_str())?;
+    let shape = time
+        .bytes()
+        .map(|b| if b.is_ascii_digit() { b'9' } else { b })
+        .collect::<Vec<u8>>();
+    matches!(
+        shape.as_slice(),
+        b"9999-99-99T99:99:99.999Z" | b"9999-99-99 99:99:99.999"
+    )
+    .then(|| time.to_string())
 }
 
 #[cfg(test)]
@@ -221,6 +250,16 @@ mod tests {
         let order = Arc::new(StatusOrder::default());
         drop(go(&order, &status("d1", "2026-01-01T00:00:02.000Z")));
         go(&order, &status("d1", "2026-01-01T00:00:01.000Z")).finish(true);
+    }
+
+    #[test]
+    fn a_malformed_time_is_not_ordered() {
+        let order = Arc::new(StatusOrder::default());
+        let garbage = Envelope::new(
+            bytes::Bytes::from_static(br#"{"utcTime":"9999-garbage"}"#),
+            vec![("topic".into(), "/as/mqtt/status/pk/d1".into())],
+        );
+        assert!(matches!(order.admit(&garbage), Admission::Unordered));
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl FileSink {
             size: file.metadata()?.len(),
             file,
             rotate_bytes: config.rotate_bytes,
+            torn: false,
         };
         std::thread::Builder::new()
             .name(format!("file-sink-{name}"))
@@ -66,6 +67,8 @@ struct Writer {
     file: File,
     size: u64,
     rotate_bytes: Option<u64>,
+    /// A failed batch could not be cut off yet.
+    torn: bool,
 }
 
 impl Writer {
@@ -86,6 +89,10 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &[Pending]) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.size)?;
+            self.torn = false;
+        }
         if let Some(limit) = self.rotate_bytes {
             if self.size > 0 && self.size >= limit {
                 self.rotate()?;
@@ -104,6 +111,9 @@ impl Writer {
             // behind: cut the file back to its last complete line, so the
             // retry does not glue its first line onto a fragment.
             if let Err(cut) = self.file.set_len(self.size) {
+                // Tried again before the next write: nothing is appended
+                // after a fragment.
+                self.torn = true;
                 tracing::error!(path = %self.path.display(), error = %cut, "cannot truncate a partly written batch");
             }
             return Err(e);
@@ -130,7 +140,11 @@ impl Writer {
             }
             n += 1;
         };
-        std::fs::rename(&self.path, &rotated)?;
+        // A rotation that renamed the file but could not open the new one
+        // left no file behind: just open it now.
+        if self.path.exists() {
+            std::fs::rename(&self.path, &rotated)?;
+        }
         self.file = open(&self.path)?;
         self.size = 0;
         Ok(())

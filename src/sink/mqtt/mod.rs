@@ -421,6 +421,11 @@ impl Sink for MqttSink {
         "mqtt"
     }
 
+    fn derived_topic(&self, raw: &str) -> String {
+        // A route name may hold a wildcard; a topic to publish to may not.
+        raw.replace(['+', '#', '\0'], "_")
+    }
+
     fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
