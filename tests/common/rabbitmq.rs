@@ -139,7 +139,7 @@ impl RabbitMq {
             "-q",
             "--no-table-headers",
             "name",
-            "messages",
+            "messages_ready",
             "messages_unacknowledged",
         ]);
         assert!(
