@@ -13,7 +13,7 @@ use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::{Config, Secret};
 use amqp_bridge::emulator::{Emulator, EmulatorConfig};
 use amqp_bridge::source::aliyun::{sign_now, Credentials, SignMethod};
-use amqp_bridge::source::connect::{open, ConnectOptions};
+use amqp_bridge::source::connect::{open, ConnectOptions, Login};
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
@@ -58,9 +58,12 @@ async fn baseline(n: u64, dir: &Path) -> Duration {
         host: "localhost".into(),
         port: emulator.local_addr().port(),
         tls: Some(amqp_bridge::tls::client_config(Some(&ca), None).unwrap()),
+        tls_header: false,
         container_id: "bench-baseline".into(),
-        username: login.username,
-        password: login.password,
+        login: Login::Plain {
+            username: login.username,
+            password: login.password,
+        },
         idle_timeout: Some(Duration::from_secs(60)),
         connect_timeout: Duration::from_secs(10),
     };

@@ -11,6 +11,10 @@ command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 # PyYAML: scripts/check-deploy.sh reads the compose and Kubernetes files.
 python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+# RabbitMQ 3.10 with its AMQP 1.0 plugin: the generic `amqp` source's tests
+# (tests/common/rabbitmq.rs starts a node per test; the plugin is enabled by
+# the node's own plugins file, nothing system-wide).
+[ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 # gcc and make build the bundled librdkafka (rdkafka-sys).
 { command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
 
@@ -22,7 +26,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
   # The packages start system-wide services (a broker on 1883, Prometheus on
   # 9090); the tests start their own.
-  for service in mosquitto prometheus; do
+  for service in mosquitto prometheus rabbitmq-server epmd; do
     if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
     $SUDO service "$service" stop >/dev/null 2>&1 || true
   done

@@ -284,6 +284,11 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
 fn sign(path: &Path, show_password: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let source = &config.source;
+    if source.kind != amqp_bridge::config::SourceKind::Aliyun {
+        anyhow::bail!(
+            "`sign` prints the IoT Platform's signed login: the source is not of kind aliyun"
+        );
+    }
     let login = sign_now(&Credentials::from_config(source, &source.client_id));
     if show_password {
         println!("username: {}", login.username);

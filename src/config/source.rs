@@ -12,35 +12,287 @@ use crate::source::aliyun::SignMethod;
 pub enum SourceKind {
     /// Alibaba Cloud IoT Platform server-side subscription (signed login).
     Aliyun,
+    /// Any AMQP 1.0 broker (RabbitMQ, ActiveMQ/Artemis, Service Bus, Qpid):
+    /// fixed credentials, a configured address.
+    Amqp,
 }
 
-/// The source block; field names are the YAML keys.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl SourceKind {
+    fn name(self) -> &'static str {
+        match self {
+            SourceKind::Aliyun => "aliyun",
+            SourceKind::Amqp => "amqp",
+        }
+    }
+}
+
+/// The source block; field names are the YAML keys. Keys of one kind are
+/// empty (`""`, `None`) under the other; parsing rejects them there.
+#[derive(Clone, Debug)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub url: AmqpUrl,
+    /// aliyun: required.
     pub access_key_id: String,
+    /// aliyun: required.
     pub access_key_secret: Secret,
+    /// aliyun: required.
     pub consumer_group_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iot_instance_id: Option<String>,
-    #[serde(default = "super::default_client_id")]
+    /// aliyun: the client id (`client_id`); amqp: the container id
+    /// (`container_id`). Either defaults to [`super::default_client_id`];
+    /// with N connections each gets `-INDEX` appended.
     pub client_id: String,
-    #[serde(default)]
     pub sign_method: SignMethod,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_token: Option<Secret>,
-    #[serde(default = "default_connections", deserialize_with = "connections")]
+    /// amqp: required; the node the receiver attaches to.
+    pub address: String,
+    /// amqp: SASL PLAIN user; absent = ANONYMOUS.
+    pub username: Option<String>,
+    /// amqp: SASL PLAIN password.
+    pub password: Option<Secret>,
+    /// amqp: the receiver link's name (default `CONTAINER-receiver-N`).
+    pub link_name: Option<String>,
+    /// amqp with `amqps://`: start TLS straight away (as RabbitMQ's TLS
+    /// listener and the IoT Platform expect) instead of after the AMQP TLS
+    /// protocol header. Always on for aliyun.
+    pub alt_tls_establishment: bool,
     pub connections: u16,
-    #[serde(default = "default_credit", deserialize_with = "credit")]
     pub credit: u32,
-    #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
     pub idle_timeout: HumanDuration,
-    #[serde(default)]
     pub tls: TlsConfig,
-    #[serde(default)]
     pub reconnect: BackoffConfig,
+}
+
+/// The source block as written; [`SourceConfig`] checks per-kind keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: SourceKind,
+    url: AmqpUrl,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    access_key_secret: Option<Secret>,
+    #[serde(default)]
+    consumer_group_id: Option<String>,
+    #[serde(default)]
+    iot_instance_id: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    sign_method: Option<SignMethod>,
+    #[serde(default)]
+    security_token: Option<Secret>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<Secret>,
+    #[serde(default)]
+    container_id: Option<String>,
+    #[serde(default)]
+    link_name: Option<String>,
+    #[serde(default)]
+    alt_tls_establishment: Option<bool>,
+    #[serde(default = "default_connections", deserialize_with = "connections")]
+    connections: u16,
+    #[serde(default = "default_credit", deserialize_with = "credit")]
+    credit: u32,
+    #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
+    idle_timeout: HumanDuration,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    reconnect: BackoffConfig,
+}
+
+impl RawSource {
+    /// Which keys were given, by kind: (key, given, the kind it belongs to).
+    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 13] {
+        use SourceKind::{Aliyun, Amqp};
+        [
+            ("access_key_id", self.access_key_id.is_some(), Aliyun),
+            (
+                "access_key_secret",
+                self.access_key_secret.is_some(),
+                Aliyun,
+            ),
+            (
+                "consumer_group_id",
+                self.consumer_group_id.is_some(),
+                Aliyun,
+            ),
+            ("iot_instance_id", self.iot_instance_id.is_some(), Aliyun),
+            ("client_id", self.client_id.is_some(), Aliyun),
+            ("sign_method", self.sign_method.is_some(), Aliyun),
+            ("security_token", self.security_token.is_some(), Aliyun),
+            ("address", self.address.is_some(), Amqp),
+            ("username", self.username.is_some(), Amqp),
+            ("password", self.password.is_some(), Amqp),
+            ("container_id", self.container_id.is_some(), Amqp),
+            ("link_name", self.link_name.is_some(), Amqp),
+            (
+                "alt_tls_establishment",
+                self.alt_tls_establishment.is_some(),
+                Amqp,
+            ),
+        ]
+    }
+
+    fn into_config(self) -> Result<SourceConfig, String> {
+        for (key, given, belongs) in self.kind_keys() {
+            if given && belongs != self.kind {
+                return Err(format!(
+                    "`{key}` is a key of source kind {}, not {}",
+                    belongs.name(),
+                    self.kind.name()
+                ));
+            }
+        }
+        let missing = |key: &str| format!("source kind {} needs `{key}`", self.kind.name());
+        let (access_key_id, access_key_secret, consumer_group_id, address) = match self.kind {
+            SourceKind::Aliyun => (
+                self.access_key_id
+                    .clone()
+                    .ok_or_else(|| missing("access_key_id"))?,
+                self.access_key_secret
+                    .clone()
+                    .ok_or_else(|| missing("access_key_secret"))?,
+                self.consumer_group_id
+                    .clone()
+                    .ok_or_else(|| missing("consumer_group_id"))?,
+                String::new(),
+            ),
+            SourceKind::Amqp => {
+                let address = self.address.clone().ok_or_else(|| missing("address"))?;
+                if address.trim().is_empty() {
+                    return Err("`address` is empty: name the node to receive from".into());
+                }
+                if self.password.is_some() && self.username.is_none() {
+                    return Err("`password` without `username`: give both (SASL PLAIN) or neither (ANONYMOUS)".into());
+                }
+                (String::new(), Secret::default(), String::new(), address)
+            }
+        };
+        Ok(SourceConfig {
+            kind: self.kind,
+            url: self.url,
+            access_key_id,
+            access_key_secret,
+            consumer_group_id,
+            iot_instance_id: self.iot_instance_id,
+            client_id: self
+                .client_id
+                .or(self.container_id)
+                .unwrap_or_else(super::default_client_id),
+            sign_method: self.sign_method.unwrap_or_default(),
+            security_token: self.security_token,
+            address,
+            username: self.username,
+            password: self.password,
+            link_name: self.link_name,
+            alt_tls_establishment: self.alt_tls_establishment.unwrap_or(false),
+            connections: self.connections,
+            credit: self.credit,
+            idle_timeout: self.idle_timeout,
+            tls: self.tls,
+            reconnect: self.reconnect,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SourceVisitor;
+        impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+            type Value = SourceConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a source block")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SourceConfig, A::Error> {
+                use serde::de::Error as _;
+                // Parsed inside this visitor, so the per-kind checks are
+                // reported where the parser reports a missing key.
+                let raw =
+                    RawSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                raw.into_config().map_err(A::Error::custom)
+            }
+        }
+        d.deserialize_map(SourceVisitor)
+    }
+}
+
+/// What `check` prints: the keys of the configured kind only.
+#[derive(Serialize)]
+struct SourceView<'a> {
+    kind: SourceKind,
+    url: &'a AmqpUrl,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_secret: Option<&'a Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_group_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iot_instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sign_method: Option<SignMethod>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_token: Option<&'a Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<&'a Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt_tls_establishment: Option<bool>,
+    connections: u16,
+    credit: u32,
+    idle_timeout: HumanDuration,
+    tls: &'a TlsConfig,
+    reconnect: &'a BackoffConfig,
+}
+
+impl Serialize for SourceConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let aliyun = self.kind == SourceKind::Aliyun;
+        let amqp = !aliyun;
+        SourceView {
+            kind: self.kind,
+            url: &self.url,
+            access_key_id: aliyun.then_some(self.access_key_id.as_str()),
+            access_key_secret: aliyun.then_some(&self.access_key_secret),
+            consumer_group_id: aliyun.then_some(self.consumer_group_id.as_str()),
+            iot_instance_id: self.iot_instance_id.as_deref().filter(|_| aliyun),
+            client_id: aliyun.then_some(self.client_id.as_str()),
+            sign_method: aliyun.then_some(self.sign_method),
+            security_token: self.security_token.as_ref().filter(|_| aliyun),
+            address: amqp.then_some(self.address.as_str()),
+            username: self.username.as_deref().filter(|_| amqp),
+            password: self.password.as_ref().filter(|_| amqp),
+            container_id: amqp.then_some(self.client_id.as_str()),
+            link_name: self.link_name.as_deref().filter(|_| amqp),
+            alt_tls_establishment: amqp.then_some(self.alt_tls_establishment),
+            connections: self.connections,
+            credit: self.credit,
+            idle_timeout: self.idle_timeout,
+            tls: &self.tls,
+            reconnect: &self.reconnect,
+        }
+        .serialize(s)
+    }
 }
 
 impl SourceConfig {
@@ -185,4 +437,115 @@ pub(crate) fn redact_url(url: &url::Url) -> String {
         let _ = url.set_password(Some("***"));
     }
     url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError, SourceKind};
+
+    fn parse(source: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("# bridge\n{source}sinks:\n  o: {{ kind: stdout }}\n"),
+            Path::new("b.yaml"),
+            |_| None,
+        )
+    }
+
+    /// (line, message) of an `Invalid` error.
+    fn invalid(source: &str) -> (usize, String) {
+        match parse(source) {
+            Err(ConfigError::Invalid { line, message, .. }) => (line, message),
+            other => panic!("expected a positioned error, got {other:?}"),
+        }
+    }
+
+    const AMQP: &str =
+        "source:\n  kind: amqp\n  url: amqp://127.0.0.1:5672\n  address: /queue/iot\n";
+
+    #[test]
+    fn generic_source_parses_with_defaults_and_prints_redacted() {
+        let config = parse(&format!(
+            "{AMQP}  username: bridge\n  password: the-real-password\n"
+        ))
+        .unwrap();
+        let source = &config.source;
+        assert_eq!(source.kind, SourceKind::Amqp);
+        assert_eq!(source.address, "/queue/iot");
+        assert_eq!(source.username.as_deref(), Some("bridge"));
+        assert_eq!(
+            source.password.as_ref().map(|p| p.expose()),
+            Some("the-real-password")
+        );
+        assert_eq!(source.client_id, crate::config::default_client_id());
+        assert!(!source.alt_tls_establishment);
+        let printed = config.to_redacted_yaml();
+        assert!(!printed.contains("the-real-password"), "{printed}");
+        assert!(printed.contains("password: '***'"), "{printed}");
+        assert!(printed.contains("container_id:"), "{printed}");
+        assert!(!printed.contains("access_key"), "{printed}");
+        assert!(!printed.contains("client_id"), "{printed}");
+        // What `check` prints parses again to the same source.
+        let again = Config::parse(&printed, Path::new("printed.yaml"), |_| None).unwrap();
+        assert_eq!(again.source.address, "/queue/iot");
+    }
+
+    #[test]
+    fn container_id_and_link_name_are_taken() {
+        let config = parse(&format!(
+            "{AMQP}  container_id: bridge-7\n  link_name: iot-in\n  alt_tls_establishment: true\n"
+        ))
+        .unwrap();
+        assert_eq!(config.source.client_id, "bridge-7");
+        assert_eq!(config.source.link_name.as_deref(), Some("iot-in"));
+        assert!(config.source.alt_tls_establishment);
+        assert!(config.source.username.is_none());
+    }
+
+    #[test]
+    fn missing_address_is_named_with_a_position() {
+        let (line, message) =
+            invalid("source:\n  kind: amqp\n  url: amqp://127.0.0.1:5672\n  username: u\n");
+        assert!(line >= 2, "line {line}: {message}");
+        assert!(message.contains("needs `address`"), "{message}");
+    }
+
+    #[test]
+    fn aliyun_keys_are_required_for_aliyun_only() {
+        let (line, message) = invalid(
+            "source:\n  kind: aliyun\n  url: amqps://h:5671\n  access_key_secret: s\n  consumer_group_id: g\n",
+        );
+        assert!(line >= 2, "line {line}: {message}");
+        assert!(message.contains("needs `access_key_id`"), "{message}");
+        let (line, message) = invalid(&format!("{AMQP}  access_key_id: AK\n"));
+        assert!(line >= 2, "line {line}: {message}");
+        assert!(
+            message.contains("`access_key_id` is a key of source kind aliyun, not amqp"),
+            "{message}"
+        );
+        let (_, message) = invalid(
+            "source:\n  kind: aliyun\n  url: amqps://h:5671\n  access_key_id: a\n  access_key_secret: s\n  consumer_group_id: g\n  address: /queue/x\n",
+        );
+        assert!(
+            message.contains("`address` is a key of source kind amqp"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn password_without_username_is_refused() {
+        let (_, message) = invalid(&format!("{AMQP}  password: p\n"));
+        assert!(message.contains("without `username`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_kind_and_key_keep_their_positions() {
+        let (line, message) = invalid("source:\n  kind: rabbit\n  url: amqp://h\n");
+        assert_eq!(line, 3, "{message}");
+        assert!(message.contains("unknown variant `rabbit`"), "{message}");
+        let (line, message) = invalid(&format!("{AMQP}  adress: x\n"));
+        assert_eq!(line, 6, "{message}");
+        assert!(message.contains("unknown field `adress`"), "{message}");
+    }
 }

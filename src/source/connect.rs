@@ -1,5 +1,6 @@
-//! Opening one AMQP 1.0 connection: TCP, TLS straight away (no AMQP TLS
-//! header, as the platform expects), then SASL PLAIN and Open.
+//! Opening one AMQP 1.0 connection: TCP, TLS (straight away as the platform
+//! expects, or after the AMQP TLS protocol header, the usual way), then SASL
+//! (PLAIN or ANONYMOUS) and Open.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +18,39 @@ pub struct ConnectOptions {
     pub port: u16,
     /// `None` = plain TCP (local brokers only).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// With `tls`: exchange the AMQP TLS protocol header (`AMQP 2 1 0 0`)
+    /// before the TLS handshake (the usual way) instead of starting TLS
+    /// straight away (the IoT Platform's way).
+    pub tls_header: bool,
     pub container_id: String,
-    pub username: String,
-    /// Never logged; see [`crate::config::Secret`].
-    pub password: crate::config::Secret,
+    pub login: Login,
     /// The idle-time-out to advertise in Open.
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
+}
+
+/// The SASL login of one connection attempt.
+#[derive(Clone)]
+pub enum Login {
+    /// SASL PLAIN; the password is never logged (see [`crate::config::Secret`]).
+    Plain {
+        username: String,
+        password: crate::config::Secret,
+    },
+    /// SASL ANONYMOUS.
+    Anonymous,
+}
+
+impl Login {
+    fn profile(&self) -> SaslProfile {
+        match self {
+            Login::Plain { username, password } => SaslProfile::Plain {
+                username: username.clone(),
+                password: password.expose().to_string(),
+            },
+            Login::Anonymous => SaslProfile::Anonymous,
+        }
+    }
 }
 
 /// Why a connection attempt failed; the login failure carries the server's reason.
@@ -39,6 +66,8 @@ pub enum ConnectError {
         host: String,
         source: std::io::Error,
     },
+    #[error("{host} did not answer the AMQP TLS header as expected: {reason}")]
+    TlsHeader { host: String, reason: String },
     #[error("invalid TLS server name `{0}`")]
     ServerName(String),
     #[error("login refused ({code}): {reason}")]
@@ -79,7 +108,7 @@ async fn open_inner(
     options: &ConnectOptions,
     addr: &str,
 ) -> Result<ConnectionHandle<()>, ConnectError> {
-    let tcp = TcpStream::connect(addr)
+    let mut tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ConnectError::Tcp {
             addr: addr.to_string(),
@@ -90,10 +119,7 @@ async fn open_inner(
         .container_id(options.container_id.clone())
         .scheme("amqp")
         .hostname(options.host.as_str())
-        .sasl_profile(SaslProfile::Plain {
-            username: options.username.clone(),
-            password: options.password.expose().to_string(),
-        });
+        .sasl_profile(options.login.profile());
     if let Some(idle) = options.idle_timeout {
         // fe2o3 advertises half of the value it is given (the spec's advice to
         // leave room for the peer), so give it twice the value to advertise.
@@ -104,6 +130,9 @@ async fn open_inner(
         Some(config) => {
             let name = ServerName::try_from(options.host.clone())
                 .map_err(|_| ConnectError::ServerName(options.host.clone()))?;
+            if options.tls_header {
+                tls_header(&mut tcp, &options.host).await?;
+            }
             let tls = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await
@@ -115,4 +144,28 @@ async fn open_inner(
         }
         None => Ok(builder.open_with_stream(tcp).await?),
     }
+}
+
+/// The AMQP TLS protocol header (protocol id 2, version 1.0.0).
+const TLS_HEADER: [u8; 8] = *b"AMQP\x02\x01\x00\x00";
+
+/// Sends the AMQP TLS header and expects the same back; the TLS handshake
+/// follows on the same stream.
+async fn tls_header(tcp: &mut TcpStream, host: &str) -> Result<(), ConnectError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |reason: String| ConnectError::TlsHeader {
+        host: host.to_string(),
+        reason,
+    };
+    tcp.write_all(&TLS_HEADER)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let mut answer = [0u8; 8];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if answer != TLS_HEADER {
+        return Err(failed(format!("answered {answer:?}")));
+    }
+    Ok(())
 }

@@ -47,13 +47,26 @@ type SettleQueue = mpsc::UnboundedReceiver<Outcome>;
 /// what it receives and settles on `counters`. An outcome counts as a
 /// settlement only once the link sent it; one the link can no longer send
 /// counts as unsettled (the source redelivers it).
+///
+/// `fallback_topic`: for a message without a `topic` application property,
+/// a `topic` is added from its AMQP subject, else this (generic brokers);
+/// `None` leaves such messages as they are (the platform).
 pub async fn run(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
+    fallback_topic: Option<&str>,
 ) -> LinkEnd {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Outcome>();
-    let end = receive(receiver, ctx, counters, settle_tx, &mut settle_rx).await;
+    let end = receive(
+        receiver,
+        ctx,
+        counters,
+        fallback_topic,
+        settle_tx,
+        &mut settle_rx,
+    )
+    .await;
     // Outcomes still queued can no longer be given on this link; later ones
     // find the queue closed (counted by their Settlement).
     settle_rx.close();
@@ -75,6 +88,7 @@ async fn receive(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
+    fallback_topic: Option<&str>,
     settle_tx: mpsc::UnboundedSender<Outcome>,
     settle_rx: &mut SettleQueue,
 ) -> LinkEnd {
@@ -164,7 +178,7 @@ async fn receive(
                     count_outcome(counters, SourceOutcome::Released, result);
                     continue;
                 }
-                let Some(envelope) = to_envelope(delivery) else {
+                let Some(envelope) = to_envelope(delivery, fallback_topic) else {
                     // An AMQP sequence or compound value body has no byte form
                     // to forward: counted and rejected like an undecodable message.
                     tracing::warn!("message with an AMQP sequence or compound value body rejected");
@@ -219,9 +233,14 @@ fn value_bytes(value: Value) -> Option<Vec<u8>> {
 
 /// Copies the body once into shared bytes and renders the properties as text;
 /// `None` for a body with no byte form (an AMQP sequence, a compound value).
-pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
+/// With `fallback_topic`, a message without a `topic` property gets one: its
+/// AMQP subject if it has one, else `fallback_topic`.
+pub fn to_envelope(
+    delivery: Delivery<Body<Value>>,
+    fallback_topic: Option<&str>,
+) -> Option<Envelope> {
     let message = delivery.into_message();
-    let properties = message
+    let mut properties: Vec<(String, String)> = message
         .application_properties
         .map(|props| {
             props
@@ -231,6 +250,19 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>) -> Option<Envelope> {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(fallback) = fallback_topic {
+        if !properties.iter().any(|(k, _)| k == "topic") {
+            let subject = message
+                .properties
+                .as_ref()
+                .and_then(|p| p.subject.clone())
+                .filter(|s| !s.is_empty());
+            properties.push((
+                "topic".to_string(),
+                subject.unwrap_or_else(|| fallback.to_string()),
+            ));
+        }
+    }
     let body = match message.body {
         Body::Data(batch) => {
             let mut parts = batch.into_iter();

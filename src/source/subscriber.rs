@@ -10,10 +10,10 @@ use fe2o3_amqp::{Receiver, Session};
 use tokio::task::JoinHandle;
 
 use super::aliyun::{sign_now, Credentials};
-use super::connect::{open, ConnectOptions};
+use super::connect::{open, ConnectOptions, Login};
 use super::link::{self, LinkContext, LinkEnd};
 use crate::backoff::Backoff;
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
 use crate::telemetry::ConnectionMetrics;
 
 /// Starts every configured connection; each runs until `ctx.close` fires.
@@ -66,14 +66,13 @@ async fn run_connection(
         if !std::mem::take(&mut first) {
             counters.reconnecting();
         }
-        let login = sign_now(&Credentials::from_config(&config, &client_id));
         let options = ConnectOptions {
             host: config.url.host().to_string(),
             port: config.url.port(),
             tls: tls.clone(),
+            tls_header: config.kind == SourceKind::Amqp && !config.alt_tls_establishment,
             container_id: client_id.clone(),
-            username: login.username,
-            password: login.password,
+            login: login(&config, &client_id),
             idle_timeout: Some(config.idle_timeout.0),
             connect_timeout: Duration::from_secs(15),
         };
@@ -110,6 +109,46 @@ async fn run_connection(
     }
 }
 
+/// The login of one connection attempt: the platform's is signed afresh
+/// every time, a generic broker's credentials are fixed.
+fn login(config: &SourceConfig, client_id: &str) -> Login {
+    match config.kind {
+        SourceKind::Aliyun => {
+            let signed = sign_now(&Credentials::from_config(config, client_id));
+            Login::Plain {
+                username: signed.username,
+                password: signed.password,
+            }
+        }
+        SourceKind::Amqp => match &config.username {
+            Some(username) => Login::Plain {
+                username: username.clone(),
+                password: config.password.clone().unwrap_or_default(),
+            },
+            None => Login::Anonymous,
+        },
+    }
+}
+
+/// The node a receiver attaches to: the consumer group on the platform,
+/// the configured address elsewhere.
+fn address(config: &SourceConfig) -> &str {
+    match config.kind {
+        SourceKind::Aliyun => &config.consumer_group_id,
+        SourceKind::Amqp => &config.address,
+    }
+}
+
+/// The routing topic of a message without a `topic` property (generic
+/// brokers): its AMQP subject, else the source address. `None` on the
+/// platform, which always sends `topic`.
+fn fallback_topic(config: &SourceConfig) -> Option<&str> {
+    match config.kind {
+        SourceKind::Aliyun => None,
+        SourceKind::Amqp => Some(&config.address),
+    }
+}
+
 /// Begins a session and keeps one receiver attached on it.
 async fn serve(
     connection: &mut fe2o3_amqp::connection::ConnectionHandle<()>,
@@ -124,9 +163,13 @@ async fn serve(
     };
     let mut attempt = 0u32;
     loop {
+        let name = match &config.link_name {
+            Some(name) => name.clone(),
+            None => format!("{client_id}-receiver-{attempt}"),
+        };
         let attached = Receiver::builder()
-            .name(format!("{client_id}-receiver-{attempt}"))
-            .source(config.consumer_group_id.clone())
+            .name(name)
+            .source(address(config).to_string())
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
             .attach(&mut session)
@@ -138,7 +181,7 @@ async fn serve(
         tracing::info!(%client_id, "receiver attached");
         let attached_at = Instant::now();
         counters.set_attached(true);
-        let end = link::run(&mut receiver, ctx, counters).await;
+        let end = link::run(&mut receiver, ctx, counters, fallback_topic(config)).await;
         counters.set_attached(false);
         match end {
             LinkEnd::Closed => {

@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod mosquitto;
 pub mod proxy;
+pub mod rabbitmq;
 #[cfg(feature = "rocketmq")]
 pub mod rocketmq;
 pub mod subscriber;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use amqp_bridge::config::Secret;
 use amqp_bridge::emulator::{Emulator, EmulatorConfig};
 use amqp_bridge::source::aliyun::{now_ms, sign_at, Credentials, SignMethod};
-use amqp_bridge::source::connect::ConnectOptions;
+use amqp_bridge::source::connect::{ConnectOptions, Login};
 
 pub const AK: &str = "test-ak";
 pub const SK: &str = "test-secret-value";
@@ -79,9 +80,12 @@ pub fn options_signed(
         host: "localhost".into(),
         port: emulator.local_addr().port(),
         tls: Some(trust(emulator)),
+        tls_header: false,
         container_id: client_id.into(),
-        username: login.username,
-        password: login.password,
+        login: Login::Plain {
+            username: login.username,
+            password: login.password,
+        },
         idle_timeout: Some(Duration::from_secs(60)),
         connect_timeout: Duration::from_secs(10),
     }
