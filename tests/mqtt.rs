@@ -702,7 +702,7 @@ async fn mqtt5_publish_one_or_two_bytes_over_broker_maximum_is_dead_lettered() {
     const MAX: usize = 20_000;
     let broker = Mosquitto::start_with(|_| format!("max_packet_size {MAX}"));
     assert_eq!(v5_connack_limits(broker.port).await.1, Some(MAX as u32));
-    let subscriber = Subscriber::start_as(broker.port, "max-sub", "s/#", None).await;
+    let subscriber = Subscriber::start_as(broker.port, "max-sub", "max/#", None).await;
     let dir = tempfile::tempdir().unwrap();
     let source_topic = format!("/p/d/{}", "t".repeat(150));
     const GENERATED: &str = "1700000000000";
@@ -712,7 +712,7 @@ async fn mqtt5_publish_one_or_two_bytes_over_broker_maximum_is_dead_lettered() {
             ("messageId", id),
             ("generateTime", GENERATED),
         ];
-        let topic = format!("s/{id}");
+        let topic = format!("max/{id}");
         let guess = size - v5_packet_size(&topic, 0, &props);
         let len = (guess.saturating_sub(8)..guess + 8)
             .find(|len| v5_packet_size(&topic, *len, &props) == size)
@@ -726,18 +726,56 @@ async fn mqtt5_publish_one_or_two_bytes_over_broker_maximum_is_dead_lettered() {
             serde_json::json!({"topic": source_topic, "messageId": id, "generateTime": 1_700_000_000_000i64, "body": body})
         })
         .collect();
-    let messages = messages_file_lines(dir.path(), &lines);
+    let run = run_v5_replay(&broker, &subscriber, &dir, &lines, "max", 2).await;
+    assert_eq!((run.stats.accepted, run.stats.outstanding), (4, 0));
+    assert_eq!(run.retries, 0, "no copy failed and was retried");
+    assert_eq!(
+        run.connects, 1,
+        "the bridge connected once and never reconnected"
+    );
+    assert_eq!(run.arrived, ["max/at", "max/small"]);
+    let ids = dead_lettered_ids(&run.dead, "all", "max_packet_size");
+    assert_eq!(
+        ids,
+        HashSet::from(["over1".to_string(), "over2".to_string()])
+    );
+    assert_eq!(run.dead.len(), 2);
+}
+
+/// What one run of [`run_v5_replay`] left behind.
+struct V5Run {
+    stats: amqp_bridge::emulator::StatsSnapshot,
+    retries: u64,
+    /// Connections the bridge opened to the broker.
+    connects: u64,
+    /// Topics at the subscriber, sorted.
+    arrived: Vec<String>,
+    dead: Vec<serde_json::Value>,
+}
+
+/// Replays `lines` through the bridge into an MQTT 5 sink publishing to
+/// `PREFIX/{messageId}` (dead letters to a file) until the emulator saw every
+/// message accepted and the subscriber `expect` copies.
+async fn run_v5_replay(
+    broker: &Mosquitto,
+    subscriber: &Subscriber,
+    dir: &tempfile::TempDir,
+    lines: &[serde_json::Value],
+    prefix: &str,
+    expect: u64,
+) -> V5Run {
+    let messages = messages_file_lines(dir.path(), lines);
     let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
     let dead = dir.path().join("dead.jsonl");
-    let source = source_yaml(&emulator, dir.path(), "bridge-max", "");
+    let source = source_yaml(&emulator, dir.path(), &format!("bridge-{prefix}"), "");
     let config = config(
         &source,
         &format!(
             r##"sinks:
-  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: max-out }}
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: {prefix}-out }}
   dead: {{ kind: file, path: {dead} }}
 routes:
-  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "s/{{messageId}}" }} ] }}
+  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "{prefix}/{{messageId}}" }} ] }}
 dead_letter: dead
 "##,
             port = broker.port,
@@ -747,27 +785,19 @@ dead_letter: dead
     let connects_before = broker.connects.load(Ordering::Relaxed);
     let bridge = Bridge::start(&config).await.unwrap();
     within(30, "all accepted", emulator.all_accepted()).await;
-    subscriber.wait_for_total(2, 30).await;
+    subscriber.wait_for_total(expect, 30).await;
     let retries = bridge.metrics().retries();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (4, 0));
-    assert_eq!(retries, 0, "no copy failed and was retried");
-    assert_eq!(
-        broker.connects.load(Ordering::Relaxed) - connects_before,
-        1,
-        "the bridge connected once and never reconnected"
-    );
     let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
     arrived.sort();
-    assert_eq!(arrived, ["s/at", "s/small"]);
-    let lines = read_jsonl(&dead);
-    let ids = dead_lettered_ids(&lines, "all", "max_packet_size");
-    assert_eq!(
-        ids,
-        HashSet::from(["over1".to_string(), "over2".to_string()])
-    );
-    assert_eq!(lines.len(), 2);
+    V5Run {
+        stats,
+        retries,
+        connects: broker.connects.load(Ordering::Relaxed) - connects_before,
+        arrived,
+        dead: read_jsonl(&dead),
+    }
 }
 
 /// An application property longer than an MQTT string (65 535 bytes) cannot be
@@ -775,45 +805,19 @@ dead_letter: dead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_user_property_over_65535_bytes_is_dead_lettered() {
     let broker = Mosquitto::start();
-    let subscriber = Subscriber::start(broker.port, "prop-sub", "p/#").await;
+    let subscriber = Subscriber::start(broker.port, "prop-sub", "prop/#").await;
     let dir = tempfile::tempdir().unwrap();
     let lines = [
         serde_json::json!({"topic": "/p/d/x", "messageId": "big", "body": "b", "properties": {"huge": "v".repeat(65_536)}}),
         serde_json::json!({"topic": "/p/d/x", "messageId": "edge", "body": "e", "properties": {"edge": "v".repeat(65_535)}}),
         serde_json::json!({"topic": "/p/d/x", "messageId": "small", "body": "s"}),
     ];
-    let messages = messages_file_lines(dir.path(), &lines);
-    let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
-    let dead = dir.path().join("dead.jsonl");
-    let source = source_yaml(&emulator, dir.path(), "bridge-prop", "");
-    let config = config(
-        &source,
-        &format!(
-            r##"sinks:
-  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: prop-out }}
-  dead: {{ kind: file, path: {dead} }}
-routes:
-  - {{ name: all, match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "p/{{messageId}}" }} ] }}
-dead_letter: dead
-"##,
-            port = broker.port,
-            dead = dead.display()
-        ),
-    );
-    let connects_before = broker.connects.load(Ordering::Relaxed);
-    let bridge = Bridge::start(&config).await.unwrap();
-    within(30, "all accepted", emulator.all_accepted()).await;
-    subscriber.wait_for_total(2, 30).await;
-    let retries = bridge.metrics().retries();
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (3, 0));
-    assert_eq!(retries, 0, "no copy failed and was retried");
-    assert_eq!(broker.connects.load(Ordering::Relaxed) - connects_before, 1);
-    let mut arrived: Vec<_> = subscriber.counts().into_keys().collect();
-    arrived.sort();
-    assert_eq!(arrived, ["p/edge", "p/small"]);
-    let ids = dead_lettered_ids(&read_jsonl(&dead), "all", "65535");
+    let run = run_v5_replay(&broker, &subscriber, &dir, &lines, "prop", 2).await;
+    assert_eq!((run.stats.accepted, run.stats.outstanding), (3, 0));
+    assert_eq!(run.retries, 0, "no copy failed and was retried");
+    assert_eq!(run.connects, 1);
+    assert_eq!(run.arrived, ["prop/edge", "prop/small"]);
+    let ids = dead_lettered_ids(&run.dead, "all", "65535");
     assert_eq!(ids, HashSet::from(["big".to_string()]));
 }
 
