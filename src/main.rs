@@ -222,6 +222,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Asks one endpoint; prints its answer and exits 0 on 200, 1 otherwise.
 async fn healthcheck(url: &url::Url) -> ExitCode {
+    // Printed in errors: never with a password in it.
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
     match tokio::time::timeout(
         Duration::from_secs(5),
         amqp_bridge::telemetry::http::get(url),
@@ -237,11 +242,11 @@ async fn healthcheck(url: &url::Url) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(Err(e)) => {
-            eprintln!("error: {url}: {e}");
+            eprintln!("error: {shown}: {e}");
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("error: {url}: no answer within 5s");
+            eprintln!("error: {shown}: no answer within 5s");
             ExitCode::FAILURE
         }
     }

@@ -38,6 +38,9 @@ pub struct KafkaSink {
 #[derive(Debug)]
 struct MissingTopics {
     since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// True while `since` may hold an entry: a successful send (every
+    /// message) then skips the lock.
+    any: std::sync::atomic::AtomicBool,
     grace: Duration,
 }
 
@@ -55,6 +58,7 @@ impl MissingTopics {
         let first = *since
             .entry(topic.to_string())
             .or_insert_with(std::time::Instant::now);
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
         if first.elapsed() < self.grace {
             SinkError::Transient(format!(
                 "{error} (topic missing; retried for {:?})",
@@ -67,9 +71,13 @@ impl MissingTopics {
 
     /// The topic took a record: forget it was missing.
     fn found(&self, topic: &str) {
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if !since.is_empty() {
-            since.remove(topic);
+        since.remove(topic);
+        if since.is_empty() {
+            self.any.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -119,6 +127,7 @@ impl KafkaSink {
             last_send: super::LastSend::new(),
             missing: Arc::new(MissingTopics {
                 since: Default::default(),
+                any: Default::default(),
                 grace: config.topic_missing_grace.0,
             }),
         })
@@ -320,6 +329,7 @@ mod tests {
     fn missing_topics_get_a_grace_period_and_stay_bounded() {
         let missing = MissingTopics {
             since: Default::default(),
+            any: Default::default(),
             grace: Duration::from_secs(60),
         };
         let refused = || SinkError::Permanent("unknown topic".into());
@@ -334,6 +344,7 @@ mod tests {
         assert!(missing.since.lock().unwrap().len() <= MAX_MISSING_TOPICS);
         let expired = MissingTopics {
             since: Default::default(),
+            any: Default::default(),
             grace: Duration::ZERO,
         };
         assert!(matches!(
