@@ -111,6 +111,7 @@ impl Bridge {
             metrics: metrics.clone(),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             credit: config.source.credit,
+            refill: config.source.credit_refill,
             intake_stop: CancellationToken::new(),
             close: CancellationToken::new(),
         });

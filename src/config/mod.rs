@@ -31,7 +31,7 @@ pub use sink::{
     MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl, RocketMqSinkConfig,
     SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
-pub use source::{AmqpUrl, BackoffConfig, SourceConfig, SourceKind};
+pub use source::{AmqpUrl, BackoffConfig, CreditRefill, SourceConfig, SourceKind};
 pub use values::{HumanDuration, Secret, SinkName};
 
 /// The whole bridge configuration (the top-level YAML keys).

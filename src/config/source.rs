@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::values::{duration_in, integer_in, parse_str_with, HumanDuration, Secret};
 use super::TlsConfig;
 use crate::source::aliyun::SignMethod;
+pub use crate::source::link::CreditRefill;
 
 /// Which kind of AMQP 1.0 source this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,9 @@ pub struct SourceConfig {
     pub alt_tls_establishment: bool,
     pub connections: u16,
     pub credit: u32,
+    /// When more credit is granted; default `half_used` for aliyun,
+    /// `used_up` for amqp (see [`CreditRefill`]).
+    pub credit_refill: CreditRefill,
     pub idle_timeout: HumanDuration,
     pub tls: TlsConfig,
     pub reconnect: BackoffConfig,
@@ -100,6 +104,8 @@ struct RawSource {
     connections: u16,
     #[serde(default = "default_credit", deserialize_with = "credit")]
     credit: u32,
+    #[serde(default)]
+    credit_refill: Option<CreditRefill>,
     #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
     idle_timeout: HumanDuration,
     #[serde(default)]
@@ -196,6 +202,10 @@ impl RawSource {
             alt_tls_establishment: self.alt_tls_establishment.unwrap_or(false),
             connections: self.connections,
             credit: self.credit,
+            credit_refill: self.credit_refill.unwrap_or(match self.kind {
+                SourceKind::Aliyun => CreditRefill::HalfUsed,
+                SourceKind::Amqp => CreditRefill::UsedUp,
+            }),
             idle_timeout: self.idle_timeout,
             tls: self.tls,
             reconnect: self.reconnect,
@@ -260,6 +270,7 @@ struct SourceView<'a> {
     alt_tls_establishment: Option<bool>,
     connections: u16,
     credit: u32,
+    credit_refill: CreditRefill,
     idle_timeout: HumanDuration,
     tls: &'a TlsConfig,
     reconnect: &'a BackoffConfig,
@@ -287,6 +298,7 @@ impl Serialize for SourceConfig {
             alt_tls_establishment: amqp.then_some(self.alt_tls_establishment),
             connections: self.connections,
             credit: self.credit,
+            credit_refill: self.credit_refill,
             idle_timeout: self.idle_timeout,
             tls: &self.tls,
             reconnect: &self.reconnect,
@@ -443,7 +455,7 @@ pub(crate) fn redact_url(url: &url::Url) -> String {
 mod tests {
     use std::path::Path;
 
-    use crate::config::{Config, ConfigError, SourceKind};
+    use crate::config::{Config, ConfigError, CreditRefill, SourceKind};
 
     fn parse(source: &str) -> Result<Config, ConfigError> {
         Config::parse(
@@ -480,6 +492,7 @@ mod tests {
         );
         assert_eq!(source.client_id, crate::config::default_client_id());
         assert!(!source.alt_tls_establishment);
+        assert_eq!(source.credit_refill, CreditRefill::UsedUp);
         let printed = config.to_redacted_yaml();
         assert!(!printed.contains("the-real-password"), "{printed}");
         assert!(printed.contains("password: '***'"), "{printed}");
@@ -489,6 +502,23 @@ mod tests {
         // What `check` prints parses again to the same source.
         let again = Config::parse(&printed, Path::new("printed.yaml"), |_| None).unwrap();
         assert_eq!(again.source.address, "/queue/iot");
+    }
+
+    #[test]
+    fn credit_refill_defaults_by_kind_and_can_be_set() {
+        let aliyun = parse(
+            "source:\n  kind: aliyun\n  url: amqps://h:5671\n  access_key_id: a\n  access_key_secret: s\n  consumer_group_id: g\n",
+        )
+        .unwrap();
+        assert_eq!(aliyun.source.credit_refill, CreditRefill::HalfUsed);
+        let config = parse(&format!("{AMQP}  credit_refill: half_used\n")).unwrap();
+        assert_eq!(config.source.credit_refill, CreditRefill::HalfUsed);
+        assert!(config
+            .to_redacted_yaml()
+            .contains("credit_refill: half_used"));
+        let (line, message) = invalid(&format!("{AMQP}  credit_refill: sometimes\n"));
+        assert_eq!(line, 6, "{message}");
+        assert!(message.contains("half_used"), "{message}");
     }
 
     #[test]

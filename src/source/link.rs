@@ -34,10 +34,28 @@ pub struct LinkContext {
     pub slots: Arc<Semaphore>,
     /// The most credit this link may have outstanding.
     pub credit: u32,
+    /// When to grant more credit.
+    pub refill: CreditRefill,
     /// Cancelled first on shutdown: grant no more credit, release late arrivals.
     pub intake_stop: CancellationToken,
     /// Cancelled once in-flight messages are settled: leave the loop.
     pub close: CancellationToken,
+}
+
+/// When a link grants more credit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditRefill {
+    /// Once half the credit is used: transfers keep flowing while the flow
+    /// frame is on its way (the platform, brokers that follow the spec's
+    /// delivery-count arithmetic).
+    HalfUsed,
+    /// Only once all granted credit is used up, so no transfer can be on
+    /// the wire when the flow frame goes out. RabbitMQ 3.x's AMQP 1.0
+    /// plugin resets the queue's credit from a flow frame without counting
+    /// deliveries already on their way to the session, and so overruns the
+    /// link when credit is topped up mid-stream.
+    UsedUp,
 }
 
 /// Outcomes on their way from the pipeline back to the link.
@@ -97,7 +115,11 @@ async fn receive(
     let mut stopping = ctx.intake_stop.is_cancelled();
     loop {
         let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
-        if !stopping && granted <= ctx.credit / 2 {
+        let refill_below = match ctx.refill {
+            CreditRefill::HalfUsed => ctx.credit / 2 + 1,
+            CreditRefill::UsedUp => 1,
+        };
+        if !stopping && granted < refill_below {
             let want = (ctx.credit - granted) as usize;
             let free = ctx.slots.available_permits().min(want);
             if free > 0 {
@@ -142,6 +164,13 @@ async fn receive(
             slot = ctx.slots.clone().acquire_owned(), if need_slot => {
                 let Ok(slot) = slot else { return LinkEnd::Closed };
                 merge(&mut held, slot);
+                // Grant whatever else is free with it, in the same flow frame.
+                let more = ctx.slots.available_permits().min(ctx.credit as usize - 1);
+                if more > 0 {
+                    if let Ok(more) = ctx.slots.clone().try_acquire_many_owned(more as u32) {
+                        merge(&mut held, more);
+                    }
+                }
                 let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
                 if let Err(e) = receiver.set_credit(granted).await {
                     return LinkEnd::Lost(format!("cannot grant credit: {e}"));

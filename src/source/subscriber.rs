@@ -149,7 +149,11 @@ fn fallback_topic(config: &SourceConfig) -> Option<&str> {
     }
 }
 
-/// Begins a session and keeps one receiver attached on it.
+/// Keeps one receiver attached, each time on a session of its own: after a
+/// link failure the old session is ended before the next attach, so a broker
+/// that ties unsettled deliveries to the session (RabbitMQ 3.x maps a session
+/// to one AMQP 0-9-1 channel) gives them back to the queue, and a reused link
+/// handle cannot receive a delivery meant for the failed link.
 async fn serve(
     connection: &mut fe2o3_amqp::connection::ConnectionHandle<()>,
     client_id: &str,
@@ -157,12 +161,12 @@ async fn serve(
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
 ) -> LinkEnd {
-    let mut session = match Session::begin(connection).await {
-        Ok(s) => s,
-        Err(e) => return LinkEnd::Lost(format!("session not begun: {e}")),
-    };
     let mut attempt = 0u32;
     loop {
+        let mut session = match Session::begin(connection).await {
+            Ok(s) => s,
+            Err(e) => return LinkEnd::Lost(format!("session not begun: {e}")),
+        };
         let name = match &config.link_name {
             Some(name) => name.clone(),
             None => format!("{client_id}-receiver-{attempt}"),
@@ -185,15 +189,22 @@ async fn serve(
         counters.set_attached(false);
         match end {
             LinkEnd::Closed => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), receiver.detach()).await;
-                let _ = session.end().await;
+                let _ = tokio::time::timeout(END_TIMEOUT, receiver.detach()).await;
+                let _ = tokio::time::timeout(END_TIMEOUT, session.end()).await;
                 return LinkEnd::Closed;
             }
             LinkEnd::Lost(reason) => {
                 if session.is_ended() || ctx.intake_stop.is_cancelled() {
                     return LinkEnd::Lost(reason);
                 }
-                tracing::warn!(%client_id, %reason, "receiver detached; attaching again");
+                tracing::warn!(%client_id, %reason, "receiver detached; attaching again on a new session");
+                let _ = tokio::time::timeout(END_TIMEOUT, receiver.close()).await;
+                match tokio::time::timeout(END_TIMEOUT, session.end()).await {
+                    Ok(Ok(())) => {}
+                    // A session that will not end may still hold deliveries:
+                    // only a new connection is sure to give them back.
+                    _ => return LinkEnd::Lost(format!("{reason}; the session did not end")),
+                }
                 attempt += 1;
                 if attached_at.elapsed() >= config.reconnect.reset_after.0 {
                     attempt = 1;
@@ -205,3 +216,7 @@ async fn serve(
         }
     }
 }
+
+/// How long a closing detach or session end may take before the connection
+/// is given up instead.
+const END_TIMEOUT: Duration = Duration::from_secs(5);
