@@ -95,17 +95,20 @@ impl Bridge {
                     })
             })
             .transpose()?;
-        let pipeline = Arc::new(Pipeline::new(
-            router,
-            sinks.clone(),
-            dead_letter,
-            config
-                .dedup
-                .as_ref()
-                .map(|d| crate::dedup::Dedup::new(d.ttl.0, d.capacity)),
-            config.retry.clone(),
-            metrics.clone(),
-        ));
+        let pipeline = Arc::new(
+            Pipeline::new(
+                router,
+                sinks.clone(),
+                dead_letter,
+                config
+                    .dedup
+                    .as_ref()
+                    .map(|d| crate::dedup::Dedup::new(d.ttl.0, d.capacity)),
+                config.retry.clone(),
+                metrics.clone(),
+            )
+            .with_undeliverable(config.source.undeliverable_outcome.disposition()),
+        );
         let ctx = Arc::new(LinkContext {
             pipeline: pipeline.clone(),
             metrics: metrics.clone(),

@@ -108,6 +108,12 @@ pub enum Disposition {
     Accept,
     /// Not delivered; the source redelivers it later.
     Release,
+    /// Failed for good with no dead-letter sink: `rejected`, so the source's
+    /// own dead-letter handling can take it (`undeliverable_outcome: rejected`).
+    Reject,
+    /// Failed for good with no dead-letter sink: `modified` with
+    /// delivery-failed and undeliverable-here (`undeliverable_outcome: modified`).
+    Modify,
 }
 
 /// An outcome on its way to the link: the delivery, what to give it, and the

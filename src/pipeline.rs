@@ -42,8 +42,31 @@ enum Delivery {
     Confirmed,
     /// It failed for good and the dead-letter sink confirmed it.
     DeadLettered,
-    /// Neither: the message must be released.
+    /// Neither, for now (retries gave up): the message must be released.
     Failed,
+    /// It failed for good and there is no dead-letter sink: the message gets
+    /// the configured undeliverable outcome.
+    Undeliverable,
+}
+
+impl Delivery {
+    /// The source outcome of a message from how its copies ended: released
+    /// if any copy may still get through later, else `undeliverable` if any
+    /// failed for good, else accepted.
+    fn outcome(
+        copies: impl IntoIterator<Item = Delivery>,
+        undeliverable: Disposition,
+    ) -> Disposition {
+        let mut outcome = Disposition::Accept;
+        for copy in copies {
+            match copy {
+                Delivery::Failed => return Disposition::Release,
+                Delivery::Undeliverable => outcome = undeliverable,
+                Delivery::Confirmed | Delivery::DeadLettered => {}
+            }
+        }
+        outcome
+    }
 }
 
 /// Routes and delivers messages; one task per message, its targets in parallel.
@@ -55,6 +78,9 @@ pub struct Pipeline {
     dedup: Option<Arc<Dedup>>,
     status_order: Arc<StatusOrder>,
     retry: RetryConfig,
+    /// What a message gets when a copy failed for good and there is no
+    /// dead-letter sink.
+    undeliverable: Disposition,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
     give_up: CancellationToken,
@@ -77,10 +103,18 @@ impl Pipeline {
             dedup,
             status_order: Arc::new(StatusOrder::default()),
             retry,
+            undeliverable: Disposition::Release,
             metrics,
             tasks: TaskTracker::new(),
             give_up: CancellationToken::new(),
         }
+    }
+
+    /// What a message that failed for good gets when there is no dead-letter
+    /// sink (default: released).
+    pub fn with_undeliverable(mut self, outcome: Disposition) -> Self {
+        self.undeliverable = outcome;
+        self
     }
 
     /// Takes one delivery; it is settled once its fate is known.
@@ -163,13 +197,10 @@ impl Pipeline {
                         tag: None,
                         keys: Vec::new(),
                     };
-                    match self
+                    let copy = self
                         .deliver_or_dead_letter("unrouted", &target, &envelope)
-                        .await
-                    {
-                        Delivery::Failed => Disposition::Release,
-                        Delivery::Confirmed | Delivery::DeadLettered => Disposition::Accept,
-                    }
+                        .await;
+                    Delivery::outcome([copy], self.undeliverable)
                 }
             };
         }
@@ -207,14 +238,10 @@ impl Pipeline {
                     .all(|(_, outcome)| *outcome == Delivery::Confirmed),
             );
         }
-        if results
-            .iter()
-            .all(|(_, outcome)| *outcome != Delivery::Failed)
-        {
-            Disposition::Accept
-        } else {
-            Disposition::Release
-        }
+        Delivery::outcome(
+            results.into_iter().map(|(_, copy)| copy),
+            self.undeliverable,
+        )
     }
 
     /// For a message on an `order_by: time` route: `None` when it is older
@@ -252,7 +279,7 @@ impl Pipeline {
             Err(SinkError::Permanent(error)) => error,
         };
         let Some(dead_letter) = self.dead_letter else {
-            return Delivery::Failed;
+            return Delivery::Undeliverable;
         };
         let message = Outgoing {
             envelope: envelope.clone(),
@@ -418,4 +445,21 @@ fn age_seconds(generated: u64) -> Option<f64> {
         .as_millis();
     let age = now.checked_sub(u128::from(generated))?;
     Some(age as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Delivery::{self, *};
+    use crate::envelope::Disposition;
+
+    #[test]
+    fn a_message_is_released_while_any_copy_may_still_get_through() {
+        let outcome =
+            |copies: &[Delivery]| Delivery::outcome(copies.iter().copied(), Disposition::Reject);
+        assert_eq!(outcome(&[]), Disposition::Accept);
+        assert_eq!(outcome(&[Confirmed, DeadLettered]), Disposition::Accept);
+        assert_eq!(outcome(&[Confirmed, Undeliverable]), Disposition::Reject);
+        assert_eq!(outcome(&[Undeliverable, Failed]), Disposition::Release);
+        assert_eq!(outcome(&[Failed, Undeliverable]), Disposition::Release);
+    }
 }

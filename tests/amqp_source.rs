@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
+use amqp_bridge::telemetry::Metrics;
 use common::mosquitto::Mosquitto;
 use common::rabbitmq::RabbitMq;
 use common::subscriber::Subscriber;
 use common::*;
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, Properties};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Data, Message, Properties};
 use fe2o3_amqp::types::primitives::Binary;
 use fe2o3_amqp::{Connection, Sender, Session};
 
@@ -21,7 +22,34 @@ const QUEUE: &str = "/queue/iot";
 
 /// A bridge from the test queue to Mosquitto; `topic` is the route's filter.
 fn config(rabbit: &RabbitMq, password: &str, mqtt_port: u16, topic: &str, extra: &str) -> Config {
-    let text = format!(
+    parse(&yaml(
+        rabbit,
+        password,
+        mqtt_port,
+        topic,
+        "iot/{messageId}",
+        "",
+        extra,
+    ))
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(text, Path::new("amqp.yaml"), |_| None).expect("test config parses")
+}
+
+/// The bridge's YAML: `filter` is the route's topic filter, `target` its
+/// MQTT topic template, `source_extra` more source keys (each line indented
+/// two spaces), `extra` more top-level keys.
+fn yaml(
+    rabbit: &RabbitMq,
+    password: &str,
+    mqtt_port: u16,
+    filter: &str,
+    target: &str,
+    source_extra: &str,
+    extra: &str,
+) -> String {
+    format!(
         r##"source:
   kind: amqp
   url: amqp://127.0.0.1:{port}
@@ -31,25 +59,45 @@ fn config(rabbit: &RabbitMq, password: &str, mqtt_port: u16, topic: &str, extra:
   container_id: bridge-rabbit
   credit: 100
   reconnect: {{ initial: 100ms, max: 1s }}
-sinks:
+{source_extra}sinks:
   m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt_port}", client_id: rabbit-out }}
 routes:
   - name: all
-    match: {{ topic: "{topic}" }}
+    match: {{ topic: "{filter}" }}
     to:
-      - {{ sink: m, topic: "iot/{{messageId}}", qos: 1 }}
+      - {{ sink: m, topic: "{target}", qos: 1 }}
 max_in_flight: 200
 telemetry: {{ listen: "127.0.0.1:0", summary_interval: 0s }}
 {extra}"##,
         port = rabbit.port
-    );
-    Config::parse(&text, Path::new("amqp.yaml"), |_| None).expect("test config parses")
+    )
 }
 
 /// Sends `ids` into the queue from an independent AMQP 1.0 client, each with
 /// application property `messageId` and, if given, a subject; waits for every
 /// outcome.
 async fn send(rabbit: &RabbitMq, ids: std::ops::Range<u64>, subject: Option<&str>) {
+    send_built(rabbit, ids, |id, message| {
+        message.properties = Some(Properties {
+            subject: subject.map(str::to_string),
+            ..Default::default()
+        });
+        message.application_properties = Some(
+            ApplicationProperties::builder()
+                .insert("messageId", id.to_string())
+                .build(),
+        );
+    })
+    .await
+}
+
+/// Sends `ids` into the queue, each message with the body `{"n":ID}` and the
+/// sections `build` gives it; waits for RabbitMQ to accept each.
+async fn send_built(
+    rabbit: &RabbitMq,
+    ids: std::ops::Range<u64>,
+    build: impl Fn(u64, &mut Message<Data>),
+) {
     let url = format!("amqp://guest:guest@127.0.0.1:{}", rabbit.port);
     let mut connection = Connection::open("test-sender", url.as_str())
         .await
@@ -59,19 +107,10 @@ async fn send(rabbit: &RabbitMq, ids: std::ops::Range<u64>, subject: Option<&str
         .await
         .expect("sender attaches");
     for id in ids {
-        let mut properties = Properties::builder();
-        if let Some(subject) = subject {
-            properties = properties.subject(subject);
-        }
-        let message = Message::builder()
-            .properties(properties.build())
-            .application_properties(
-                ApplicationProperties::builder()
-                    .insert("messageId", id.to_string())
-                    .build(),
-            )
+        let mut message = Message::builder()
             .data(Binary::from(format!("{{\"n\":{id}}}").into_bytes()))
             .build();
+        build(id, &mut message);
         let outcome = sender.send(message).await.expect("sent");
         outcome
             .accepted_or_else(|o| o)
@@ -306,5 +345,102 @@ async fn queue_depth_becomes(
             return depth;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// 100 messages, the odd ones without the `device` property their route's
+/// topic needs (a permanent failure), no dead-letter sink, the queue with a
+/// dead-letter policy into queue `iot-dead`: returns the bridge's metrics
+/// and (ready, unacknowledged) of `iot` and `iot-dead` once `iot` is empty.
+async fn undeliverable_run(
+    outcome: &str,
+) -> (std::sync::Arc<Metrics>, Subscriber, (u64, u64), (u64, u64)) {
+    const N: u64 = 100;
+    let rabbit = tokio::task::spawn_blocking(RabbitMq::start).await.unwrap();
+    // Dead letters go through the default exchange to queue iot-dead,
+    // declared by attaching to it.
+    rabbit.set_policy(
+        "dlx",
+        "^iot$",
+        r#"{"dead-letter-exchange":"","dead-letter-routing-key":"iot-dead"}"#,
+    );
+    declare_queue(&rabbit, "/queue/iot-dead").await;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "rabbit-sub-dead", "iot/#").await;
+    let config = parse(&yaml(
+        &rabbit,
+        "guest",
+        broker.port,
+        "#",
+        "iot/{prop.device}/{messageId}",
+        &format!("  undeliverable_outcome: {outcome}\n"),
+        "",
+    ));
+    let bridge = Bridge::start(&config).await.unwrap();
+    send_built(&rabbit, 0..N, |id, message| {
+        let mut properties = ApplicationProperties::builder().insert("messageId", id.to_string());
+        if id % 2 == 0 {
+            properties = properties.insert("device", format!("d{id}"));
+        }
+        message.application_properties = Some(properties.build());
+    })
+    .await;
+    subscriber.wait_for_total(N / 2, 60).await;
+    let rabbit = std::sync::Arc::new(rabbit);
+    let main = queue_depth_becomes(&rabbit, (0, 0), 30).await;
+    let dead = tokio::task::spawn_blocking({
+        let r = rabbit.clone();
+        move || r.queue_depth("iot-dead")
+    })
+    .await
+    .unwrap();
+    let metrics = bridge.metrics().clone();
+    bridge.shutdown().await;
+    (metrics, subscriber, main, dead)
+}
+
+/// Declares a queue by attaching a receiver to it (RabbitMQ's `/queue/NAME`
+/// declares a missing queue).
+async fn declare_queue(rabbit: &RabbitMq, address: &str) {
+    let url = format!("amqp://guest:guest@127.0.0.1:{}", rabbit.port);
+    let mut connection = Connection::open("test-declare", url.as_str())
+        .await
+        .expect("connects");
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let receiver = fe2o3_amqp::Receiver::attach(&mut session, "test-declare", address)
+        .await
+        .expect("receiver attaches");
+    receiver.close().await.ok();
+    session.end().await.ok();
+    connection.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_rejected_goes_to_the_dead_letter_exchange() {
+    // `undeliverable_outcome: rejected`: RabbitMQ dead-letters a rejected
+    // message. (`modified` is not tested here: RabbitMQ 3.10 requeues it, see
+    // README.)
+    let (m, subscriber, main, dead) = undeliverable_run("rejected").await;
+    assert_eq!(main, (0, 0), "queue iot (ready, unacknowledged) at the end");
+    assert_eq!(
+        dead,
+        (50, 0),
+        "queue iot-dead holds the 50 undeliverable ones"
+    );
+    assert_eq!(
+        (
+            m.accepted(),
+            m.rejected(),
+            m.released(),
+            m.modified(),
+            m.unsettled()
+        ),
+        (50, 50, 0, 0, 0),
+        "(accepted, rejected, released, modified, unsettled)"
+    );
+    let counts = subscriber.counts();
+    assert_eq!(counts.len(), 50);
+    for id in (0..100).step_by(2) {
+        assert_eq!(counts.get(&format!("iot/d{id}/{id}")), Some(&1), "id {id}");
     }
 }

@@ -468,3 +468,62 @@ async fn value_sequence_and_list_bodies_are_forwarded_as_text_or_rejected_and_co
     bodies.sort();
     assert_eq!(bodies, ["as-data", "as-value"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_messages_get_the_configured_outcome_without_a_dead_letter_sink() {
+    // A template a message cannot fill is a permanent failure. With no
+    // dead-letter sink the message gets `undeliverable_outcome`; the default
+    // (released) is covered by the pipeline's tests of the dead-letter path.
+    for (outcome, rejected, modified) in [("rejected", 1, 0), ("modified", 0, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            r#"{"topic": "/pk/d1/thing/event/property/post", "body": "fills", "properties": {"region": "eu"}}"#,
+            r#"{"topic": "/pk/d2/thing/event/property/post", "body": "cannot fill"}"#,
+        ];
+        let messages = dir.path().join("messages.jsonl");
+        std::fs::write(&messages, lines.join("\n")).unwrap();
+        let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+        let out = dir.path().join("out.jsonl");
+        let source = source_yaml(
+            &emulator,
+            dir.path(),
+            &format!("bridge-{outcome}"),
+            &format!("  undeliverable_outcome: {outcome}\n"),
+        );
+        let text = format!(
+            "{source}sinks:\n  out: {{ kind: file, path: {out} }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: out, topic: \"r/{{prop.region}}\" }} ] }}\n",
+            out = out.display(),
+        );
+        let config = Config::parse(&text, Path::new("undeliverable.yaml"), |_| None).unwrap();
+        let bridge = Bridge::start(&config).await.unwrap();
+        eventually(&format!("one accepted and one {outcome}"), 30, || {
+            let s = emulator.stats().snapshot();
+            s.accepted == 1 && s.rejected + s.modified >= 1
+        })
+        .await;
+        let metrics = bridge.metrics().clone();
+        bridge.shutdown().await;
+        let stats = emulator.shutdown().await;
+        assert_eq!(
+            (stats.rejected.min(1), stats.modified.min(1), stats.released),
+            (rejected, modified, 0),
+            "{outcome}: {stats:?}"
+        );
+        assert_eq!(
+            (
+                metrics.rejected().min(1),
+                metrics.modified().min(1),
+                metrics.released()
+            ),
+            (rejected, modified, 0),
+            "{outcome}"
+        );
+        assert_eq!(metrics.undecodable(), 0);
+        let bodies: Vec<String> = read_jsonl(&out)
+            .iter()
+            .map(|l| l["body"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(bodies, ["fills"], "{outcome}");
+    }
+}

@@ -31,7 +31,9 @@ pub use sink::{
     MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl, RocketMqSinkConfig,
     SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
-pub use source::{AmqpUrl, BackoffConfig, CreditRefill, SourceConfig, SourceKind};
+pub use source::{
+    AmqpUrl, BackoffConfig, CreditRefill, SourceConfig, SourceKind, UndeliverableOutcome,
+};
 pub use values::{HumanDuration, Secret, SinkName};
 
 /// The whole bridge configuration (the top-level YAML keys).

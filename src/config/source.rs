@@ -27,6 +27,36 @@ impl SourceKind {
     }
 }
 
+/// The outcome of a message whose copy failed for good (too large for its
+/// broker, refused by its ACL, a template it cannot fill) when no dead-letter
+/// sink is configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UndeliverableOutcome {
+    /// The source keeps it and redelivers it (nothing is lost, but it comes
+    /// back and fails again).
+    #[default]
+    Released,
+    /// The source drops it or hands it to its own dead-letter handling
+    /// (RabbitMQ: the queue's dead-letter exchange).
+    Rejected,
+    /// `modified` with delivery-failed and undeliverable-here: the source
+    /// counts a failed attempt and does not give it to this link again.
+    Modified,
+}
+
+impl UndeliverableOutcome {
+    /// The outcome the link gives.
+    pub fn disposition(self) -> crate::envelope::Disposition {
+        use crate::envelope::Disposition;
+        match self {
+            UndeliverableOutcome::Released => Disposition::Release,
+            UndeliverableOutcome::Rejected => Disposition::Reject,
+            UndeliverableOutcome::Modified => Disposition::Modify,
+        }
+    }
+}
+
 /// The source block; field names are the YAML keys. Keys of one kind are
 /// empty (`""`, `None`) under the other; parsing rejects them there.
 #[derive(Clone, Debug)]
@@ -63,6 +93,9 @@ pub struct SourceConfig {
     /// When more credit is granted; default `half_used` for aliyun,
     /// `used_up` for amqp (see [`CreditRefill`]).
     pub credit_refill: CreditRefill,
+    /// What a message that failed for good gets when there is no
+    /// dead-letter sink; default `released`.
+    pub undeliverable_outcome: UndeliverableOutcome,
     pub idle_timeout: HumanDuration,
     pub tls: TlsConfig,
     pub reconnect: BackoffConfig,
@@ -106,6 +139,8 @@ struct RawSource {
     credit: u32,
     #[serde(default)]
     credit_refill: Option<CreditRefill>,
+    #[serde(default)]
+    undeliverable_outcome: UndeliverableOutcome,
     #[serde(default = "default_idle_timeout", deserialize_with = "idle_timeout")]
     idle_timeout: HumanDuration,
     #[serde(default)]
@@ -206,6 +241,7 @@ impl RawSource {
                 SourceKind::Aliyun => CreditRefill::HalfUsed,
                 SourceKind::Amqp => CreditRefill::UsedUp,
             }),
+            undeliverable_outcome: self.undeliverable_outcome,
             idle_timeout: self.idle_timeout,
             tls: self.tls,
             reconnect: self.reconnect,
@@ -271,6 +307,7 @@ struct SourceView<'a> {
     connections: u16,
     credit: u32,
     credit_refill: CreditRefill,
+    undeliverable_outcome: UndeliverableOutcome,
     idle_timeout: HumanDuration,
     tls: &'a TlsConfig,
     reconnect: &'a BackoffConfig,
@@ -299,6 +336,7 @@ impl Serialize for SourceConfig {
             connections: self.connections,
             credit: self.credit,
             credit_refill: self.credit_refill,
+            undeliverable_outcome: self.undeliverable_outcome,
             idle_timeout: self.idle_timeout,
             tls: &self.tls,
             reconnect: &self.reconnect,
@@ -455,7 +493,7 @@ pub(crate) fn redact_url(url: &url::Url) -> String {
 mod tests {
     use std::path::Path;
 
-    use crate::config::{Config, ConfigError, CreditRefill, SourceKind};
+    use crate::config::{Config, ConfigError, CreditRefill, SourceKind, UndeliverableOutcome};
 
     fn parse(source: &str) -> Result<Config, ConfigError> {
         Config::parse(
@@ -516,6 +554,18 @@ mod tests {
         assert!(config
             .to_redacted_yaml()
             .contains("credit_refill: half_used"));
+        assert_eq!(
+            config.source.undeliverable_outcome,
+            UndeliverableOutcome::Released
+        );
+        let config = parse(&format!("{AMQP}  undeliverable_outcome: rejected\n")).unwrap();
+        assert_eq!(
+            config.source.undeliverable_outcome,
+            UndeliverableOutcome::Rejected
+        );
+        assert!(config
+            .to_redacted_yaml()
+            .contains("undeliverable_outcome: rejected"));
         let (line, message) = invalid(&format!("{AMQP}  credit_refill: sometimes\n"));
         assert_eq!(line, 6, "{message}");
         assert!(message.contains("half_used"), "{message}");

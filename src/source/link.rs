@@ -142,6 +142,8 @@ async fn receive(
                 let (outcome, result) = match disposition {
                     Disposition::Accept => (SourceOutcome::Accepted, receiver.accept(info).await),
                     Disposition::Release => (SourceOutcome::Released, receiver.release(info).await),
+                    Disposition::Reject => (SourceOutcome::Rejected, receiver.reject(info, None).await),
+                    Disposition::Modify => (SourceOutcome::Modified, receiver.modify(info, undeliverable_here()).await),
                 };
                 if let Err(e) = &result {
                     tracing::debug!(error = %e, "settlement not sent");
@@ -222,6 +224,16 @@ async fn receive(
                 );
             }
         }
+    }
+}
+
+/// `modified` for a message that failed for good: count it as a failed
+/// delivery and do not give it to this receiver again.
+fn undeliverable_here() -> fe2o3_amqp::types::messaging::Modified {
+    fe2o3_amqp::types::messaging::Modified {
+        delivery_failed: Some(true),
+        undeliverable_here: Some(true),
+        message_annotations: None,
     }
 }
 

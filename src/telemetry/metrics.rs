@@ -444,9 +444,16 @@ impl Metrics {
     pub fn released(&self) -> u64 {
         self.total(|s| s.released)
     }
-    /// Deliveries rejected (unreadable).
+    /// Deliveries rejected (unreadable, or undeliverable with
+    /// `undeliverable_outcome: rejected`).
     pub fn rejected(&self) -> u64 {
         self.total(|s| s.rejected)
+    }
+
+    /// Deliveries given `modified` (undeliverable with
+    /// `undeliverable_outcome: modified`).
+    pub fn modified(&self) -> u64 {
+        self.total(|s| s.modified)
     }
     /// Outcomes the link could not give any more (the source redelivers).
     pub fn unsettled(&self) -> u64 {

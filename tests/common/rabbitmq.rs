@@ -156,6 +156,31 @@ impl RabbitMq {
         (0, 0)
     }
 
+    /// Starts the stopped node again on the same port and directories (its
+    /// durable queues and persistent messages survive).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the node is still running");
+        self.launch();
+    }
+
+    /// Gives every queue whose name matches `pattern` a policy, e.g.
+    /// `{"dead-letter-exchange":""}`; panics if rabbitmqctl refuses it.
+    pub fn set_policy(&self, name: &str, pattern: &str, definition: &str) {
+        let out = self.ctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            name,
+            pattern,
+            definition,
+        ]);
+        assert!(
+            out.status.success(),
+            "set_policy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the node (`rabbitmqctl stop`), killing it if that does not work.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
