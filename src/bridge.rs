@@ -103,7 +103,7 @@ impl Bridge {
                 config
                     .dedup
                     .as_ref()
-                    .map(|d| crate::dedup::Dedup::new(d.ttl.0, d.capacity)),
+                    .map(|d| crate::dedup::Dedup::keyed(d.ttl.0, d.capacity, d.amqp_message_id)),
                 config.retry.clone(),
                 metrics.clone(),
             )

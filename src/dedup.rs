@@ -34,15 +34,35 @@ pub struct Dedup {
     window: Mutex<Window>,
     ttl: Duration,
     capacity: usize,
+    /// Key a message without `messageId` by its AMQP message-id.
+    amqp_message_id: bool,
 }
 
 impl Dedup {
     /// Remembers at most `capacity` ids, each for `ttl`.
     pub fn new(ttl: Duration, capacity: usize) -> Arc<Dedup> {
+        Dedup::keyed(ttl, capacity, false)
+    }
+
+    /// As [`Dedup::new`]; with `amqp_message_id`, a message without the
+    /// `messageId` property is keyed by its AMQP message-id (generic brokers
+    /// keep it on redelivery; the platform sends `messageId`).
+    pub fn keyed(ttl: Duration, capacity: usize, amqp_message_id: bool) -> Arc<Dedup> {
         Arc::new(Dedup {
             window: Mutex::new(Window::default()),
             ttl,
             capacity: capacity.max(1),
+            amqp_message_id,
+        })
+    }
+
+    /// The id a message is known by here, if it has one.
+    pub fn id_of<'e>(&self, envelope: &'e crate::envelope::Envelope) -> Option<&'e str> {
+        envelope.message_id().or_else(|| {
+            self.amqp_message_id
+                .then(|| envelope.property("amqp.message-id"))
+                .flatten()
+                .filter(|id| !id.trim().is_empty())
         })
     }
 

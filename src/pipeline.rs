@@ -125,7 +125,8 @@ impl Pipeline {
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);
             let envelope = Arc::new(envelope);
-            let disposition = match (&this.dedup, envelope.message_id()) {
+            let id = this.dedup.as_ref().and_then(|dedup| dedup.id_of(&envelope));
+            let disposition = match (&this.dedup, id) {
                 (Some(dedup), Some(id)) => this.process_once(dedup, id.to_string(), envelope).await,
                 _ => this.process(envelope).await,
             };

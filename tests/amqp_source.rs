@@ -444,3 +444,99 @@ async fn undeliverable_rejected_goes_to_the_dead_letter_exchange() {
         assert_eq!(counts.get(&format!("iot/d{id}/{id}")), Some(&1), "id {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_properties_and_annotations_route_fill_templates_travel_and_dedup() {
+    use fe2o3_amqp::types::messaging::{MessageAnnotations, MessageId};
+    use fe2o3_amqp::types::primitives::{Symbol, Value};
+    const N: u64 = 20;
+    let rabbit = tokio::task::spawn_blocking(RabbitMq::start).await.unwrap();
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "rabbit-sub-meta", "meta/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let copies = dir.path().join("copies.jsonl");
+    let text = format!(
+        r##"source:
+  kind: amqp
+  url: amqp://127.0.0.1:{port}
+  address: {QUEUE}
+  username: guest
+  password: guest
+  container_id: bridge-meta
+sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: meta-out }}
+  f: {{ kind: file, path: {copies} }}
+routes:
+  - name: json
+    match: {{ topic: "devices/#", properties: {{ amqp.content-type: application/json }} }}
+    to:
+      - {{ sink: m, topic: "meta/{{amqp.subject}}/{{annotation.x-opt-tenant}}/{{amqp.message-id}}", qos: 1 }}
+      - {{ sink: f }}
+unrouted: accept
+dedup: {{ amqp_message_id: true }}
+telemetry: {{ listen: "127.0.0.1:0", summary_interval: 0s }}
+"##,
+        port = rabbit.port,
+        mqtt = broker.port,
+        copies = copies.display(),
+    );
+    let bridge = Bridge::start(&parse(&text)).await.unwrap();
+    // Every message twice with the same AMQP message-id and no application
+    // properties at all; one in four is text/plain (unrouted, accepted).
+    let build = |id: u64, message: &mut Message<Data>| {
+        message.properties = Some(Properties {
+            message_id: Some(MessageId::String(format!("m-{id}"))),
+            subject: Some(format!("devices/d{}", id % 2)),
+            correlation_id: Some(MessageId::Ulong(id)),
+            content_type: Some(Symbol::from(if id % 4 == 3 {
+                "text/plain"
+            } else {
+                "application/json"
+            })),
+            ..Default::default()
+        });
+        message.message_annotations = Some(
+            MessageAnnotations::builder()
+                .insert(
+                    Symbol::from("x-opt-tenant"),
+                    Value::String(format!("t{}", id % 2)),
+                )
+                .build(),
+        );
+    };
+    send_built(&rabbit, 0..N, build).await;
+    send_built(&rabbit, 0..N, build).await;
+    eventually("every delivery accepted", 60, || {
+        bridge.metrics().accepted() == 2 * N
+    })
+    .await;
+    let m = bridge.metrics().clone();
+    bridge.shutdown().await;
+    let routed: Vec<u64> = (0..N).filter(|id| id % 4 != 3).collect();
+    assert_eq!(
+        m.duplicates.get(),
+        N,
+        "each second copy dropped by its AMQP message-id"
+    );
+    let counts = subscriber.counts();
+    assert_eq!(counts.len(), routed.len(), "{counts:?}");
+    for id in &routed {
+        let topic = format!("meta/devices/d{}/t{}/m-{id}", id % 2, id % 2);
+        assert_eq!(counts.get(&topic), Some(&1), "{topic} in {counts:?}");
+    }
+    let lines = read_jsonl(&copies);
+    assert_eq!(lines.len(), routed.len());
+    for line in &lines {
+        let p = &line["properties"];
+        let id: u64 = p["amqp.correlation-id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(p["amqp.message-id"], format!("m-{id}"));
+        assert_eq!(p["amqp.subject"], format!("devices/d{}", id % 2));
+        assert_eq!(p["amqp.content-type"], "application/json");
+        assert_eq!(p["annotation.x-opt-tenant"], format!("t{}", id % 2));
+        // The routing topic came from the subject.
+        assert_eq!(line["topic"], format!("devices/d{}", id % 2));
+    }
+    tokio::task::spawn_blocking(move || drop(rabbit))
+        .await
+        .unwrap();
+}

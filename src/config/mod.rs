@@ -112,6 +112,10 @@ pub struct DedupConfig {
     pub ttl: HumanDuration,
     #[serde(default = "default_dedup_capacity")]
     pub capacity: usize,
+    /// Key a message without `messageId` by its AMQP message-id (generic
+    /// AMQP sources).
+    #[serde(default)]
+    pub amqp_message_id: bool,
 }
 
 fn default_dedup_ttl() -> HumanDuration {

@@ -6,6 +6,7 @@ use super::values::{duration_in, integer_in, parse_str_with, HumanDuration, Secr
 use super::TlsConfig;
 use crate::source::aliyun::SignMethod;
 pub use crate::source::link::CreditRefill;
+use crate::source::message::{Reading, TopicField, AMQP_FIELDS};
 
 /// Which kind of AMQP 1.0 source this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,10 @@ pub struct SourceConfig {
     pub password: Option<Secret>,
     /// amqp: the receiver link's name (default `CONTAINER-receiver-N`).
     pub link_name: Option<String>,
+    /// amqp: where a message without a `topic` property takes its routing
+    /// topic from, first present wins (`address`, `amqp.NAME`,
+    /// `annotation.NAME`, `prop.NAME`); default `[amqp.subject, address]`.
+    pub topic_from: Vec<String>,
     /// amqp with `amqps://`: start TLS straight away (as RabbitMQ's TLS
     /// listener and the IoT Platform expect) instead of after the AMQP TLS
     /// protocol header. Always on for aliyun.
@@ -133,6 +138,8 @@ struct RawSource {
     link_name: Option<String>,
     #[serde(default)]
     alt_tls_establishment: Option<bool>,
+    #[serde(default)]
+    topic_from: Option<Vec<String>>,
     #[serde(default = "default_connections", deserialize_with = "connections")]
     connections: u16,
     #[serde(default = "default_credit", deserialize_with = "credit")]
@@ -151,7 +158,7 @@ struct RawSource {
 
 impl RawSource {
     /// Which keys were given, by kind: (key, given, the kind it belongs to).
-    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 13] {
+    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 14] {
         use SourceKind::{Aliyun, Amqp};
         [
             ("access_key_id", self.access_key_id.is_some(), Aliyun),
@@ -179,6 +186,7 @@ impl RawSource {
                 self.alt_tls_establishment.is_some(),
                 Amqp,
             ),
+            ("topic_from", self.topic_from.is_some(), Amqp),
         ]
     }
 
@@ -217,8 +225,22 @@ impl RawSource {
                 (String::new(), Secret::default(), String::new(), address)
             }
         };
+        let topic_from = match self.kind {
+            SourceKind::Aliyun => Vec::new(),
+            SourceKind::Amqp => {
+                let fields = self
+                    .topic_from
+                    .clone()
+                    .unwrap_or_else(|| vec!["amqp.subject".into(), "address".into()]);
+                for field in &fields {
+                    topic_field(field, "")?;
+                }
+                fields
+            }
+        };
         Ok(SourceConfig {
             kind: self.kind,
+            topic_from,
             url: self.url,
             access_key_id,
             access_key_secret,
@@ -304,6 +326,8 @@ struct SourceView<'a> {
     link_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alt_tls_establishment: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic_from: Option<&'a [String]>,
     connections: u16,
     credit: u32,
     credit_refill: CreditRefill,
@@ -333,6 +357,7 @@ impl Serialize for SourceConfig {
             container_id: amqp.then_some(self.client_id.as_str()),
             link_name: self.link_name.as_deref().filter(|_| amqp),
             alt_tls_establishment: amqp.then_some(self.alt_tls_establishment),
+            topic_from: amqp.then_some(self.topic_from.as_slice()),
             connections: self.connections,
             credit: self.credit,
             credit_refill: self.credit_refill,
@@ -345,7 +370,55 @@ impl Serialize for SourceConfig {
     }
 }
 
+/// One `topic_from` entry as the source reads it; the error names what is
+/// accepted.
+fn topic_field(field: &str, address: &str) -> Result<TopicField, String> {
+    let property = |name: &str| TopicField::Property(name.to_string());
+    if field == "address" {
+        return Ok(TopicField::Fixed(address.to_string()));
+    }
+    if let Some(name) = field.strip_prefix("amqp.") {
+        if AMQP_FIELDS.contains(&name) {
+            return Ok(property(field));
+        }
+        return Err(format!(
+            "`topic_from`: `{field}` is not an AMQP property (known: {})",
+            AMQP_FIELDS.map(|f| format!("amqp.{f}")).join(", ")
+        ));
+    }
+    if field
+        .strip_prefix("annotation.")
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Ok(property(field));
+    }
+    if let Some(name) = field.strip_prefix("prop.").filter(|n| !n.is_empty()) {
+        return Ok(property(name));
+    }
+    Err(format!(
+        "`topic_from`: `{field}` is not a field (use address, amqp.NAME, annotation.NAME or prop.NAME)"
+    ))
+}
+
 impl SourceConfig {
+    /// What the source adds to each message besides its application
+    /// properties: nothing on the platform; AMQP properties, annotations and
+    /// a routing topic from a generic broker.
+    pub fn reading(&self) -> Reading {
+        match self.kind {
+            SourceKind::Aliyun => Reading::default(),
+            SourceKind::Amqp => Reading {
+                metadata: true,
+                topic_from: self
+                    .topic_from
+                    .iter()
+                    // Checked when the file was read.
+                    .filter_map(|f| topic_field(f, &self.address).ok())
+                    .collect(),
+            },
+        }
+    }
+
     /// The instance id, or `None` when it is absent or written as `""`.
     pub fn instance_id(&self) -> Option<&str> {
         self.iot_instance_id.as_deref().filter(|s| !s.is_empty())
@@ -569,6 +642,37 @@ mod tests {
         let (line, message) = invalid(&format!("{AMQP}  credit_refill: sometimes\n"));
         assert_eq!(line, 6, "{message}");
         assert!(message.contains("half_used"), "{message}");
+    }
+
+    #[test]
+    fn topic_from_defaults_and_names_what_it_accepts() {
+        use crate::source::message::TopicField;
+        let config = parse(AMQP).unwrap();
+        assert_eq!(config.source.topic_from, ["amqp.subject", "address"]);
+        assert_eq!(
+            config.source.reading().topic_from,
+            [
+                TopicField::Property("amqp.subject".into()),
+                TopicField::Fixed("/queue/iot".into())
+            ]
+        );
+        let config = parse(&format!(
+            "{AMQP}  topic_from: [annotation.x-opt-topic, prop.kind, amqp.to]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.source.reading().topic_from,
+            [
+                TopicField::Property("annotation.x-opt-topic".into()),
+                TopicField::Property("kind".into()),
+                TopicField::Property("amqp.to".into())
+            ]
+        );
+        let (line, message) = invalid(&format!("{AMQP}  topic_from: [amqp.sujbect]\n"));
+        assert!(line >= 2, "{message}");
+        assert!(message.contains("amqp.subject, "), "{message}");
+        let (_, message) = invalid(&format!("{AMQP}  topic_from: [subject]\n"));
+        assert!(message.contains("use address, amqp.NAME"), "{message}");
     }
 
     #[test]

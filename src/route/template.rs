@@ -52,7 +52,7 @@ impl Template {
             parts.push(placeholder(name).ok_or_else(|| {
                 format!(
                     "template `{text}`: unknown placeholder `{{{name}}}` (known: productKey, deviceName, \
-                     topic, topic[N], messageId, generateTime, prop.NAME, json.PATH)"
+                     topic, topic[N], messageId, generateTime, prop.NAME, json.PATH, amqp.FIELD, annotation.NAME)"
                 )
             })?);
             rest = &rest[close + 1..];
@@ -191,6 +191,16 @@ fn placeholder(name: &str) -> Option<Part> {
         _ => {
             if let Some(prop) = name.strip_prefix("prop.").filter(|p| !p.is_empty()) {
                 Part::Property(prop.to_string())
+            } else if name
+                .strip_prefix("amqp.")
+                .is_some_and(|f| crate::source::message::AMQP_FIELDS.contains(&f))
+                || name
+                    .strip_prefix("annotation.")
+                    .is_some_and(|a| !a.is_empty())
+            {
+                // A generic AMQP source adds these to the properties under
+                // their full names.
+                Part::Property(name.to_string())
             } else if let Some(path) = name.strip_prefix("json.").filter(|p| !p.is_empty()) {
                 Part::Json(path.split('.').map(str::to_string).collect())
             } else {
@@ -283,5 +293,16 @@ mod tests {
         assert!(Template::parse("a}b").is_err());
         assert!(Template::parse("{topic[x]}").is_err());
         assert!(Template::parse("{prop.}").is_err());
+        assert!(Template::parse("{amqp.subjet}").is_err());
+        assert!(Template::parse("{annotation.}").is_err());
+        let t = Template::parse("{amqp.subject}/{annotation.x-opt-a}").unwrap();
+        let e = Envelope::new(
+            bytes::Bytes::new(),
+            vec![
+                ("amqp.subject".into(), "s".into()),
+                ("annotation.x-opt-a".into(), "a".into()),
+            ],
+        );
+        assert_eq!(t.render(&e).unwrap(), "s/a");
     }
 }

@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use fe2o3_amqp::link::delivery::{Delivery, DeliveryInfo};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{Disposition, Envelope, Outcome, Settlement};
+use super::message::Reading;
+use crate::envelope::{Disposition, Outcome, Settlement};
 use crate::pipeline::Pipeline;
 use crate::telemetry::{ConnectionMetrics, SourceOutcome};
 
@@ -66,25 +66,16 @@ type SettleQueue = mpsc::UnboundedReceiver<Outcome>;
 /// settlement only once the link sent it; one the link can no longer send
 /// counts as unsettled (the source redelivers it).
 ///
-/// `fallback_topic`: for a message without a `topic` application property,
-/// a `topic` is added from its AMQP subject, else this (generic brokers);
-/// `None` leaves such messages as they are (the platform).
+/// `reading`: what the source adds to each message besides its application
+/// properties (AMQP properties, annotations, a routing topic).
 pub async fn run(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
-    fallback_topic: Option<&str>,
+    reading: &Reading,
 ) -> LinkEnd {
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Outcome>();
-    let end = receive(
-        receiver,
-        ctx,
-        counters,
-        fallback_topic,
-        settle_tx,
-        &mut settle_rx,
-    )
-    .await;
+    let end = receive(receiver, ctx, counters, reading, settle_tx, &mut settle_rx).await;
     // Outcomes still queued can no longer be given on this link; later ones
     // find the queue closed (counted by their Settlement).
     settle_rx.close();
@@ -106,7 +97,7 @@ async fn receive(
     receiver: &mut Receiver,
     ctx: &LinkContext,
     counters: &Arc<ConnectionMetrics>,
-    fallback_topic: Option<&str>,
+    reading: &Reading,
     settle_tx: mpsc::UnboundedSender<Outcome>,
     settle_rx: &mut SettleQueue,
 ) -> LinkEnd {
@@ -209,7 +200,7 @@ async fn receive(
                     count_outcome(counters, SourceOutcome::Released, result);
                     continue;
                 }
-                let Some(envelope) = to_envelope(delivery, fallback_topic) else {
+                let Some(envelope) = super::message::to_envelope(delivery, reading) else {
                     // An AMQP sequence or compound value body has no byte form
                     // to forward: counted and rejected like an undecodable message.
                     tracing::warn!("message with an AMQP sequence or compound value body rejected");
@@ -241,111 +232,5 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
     match held {
         Some(p) => p.merge(more),
         None => *held = Some(more),
-    }
-}
-
-/// An AMQP value body as bytes: text and binary as they are, a scalar as its
-/// text; `None` for a list, map, array or described value, which have no
-/// byte form a broker's consumer could read (rejected and counted like an
-/// AMQP sequence body, never forwarded as Rust debug text).
-fn value_bytes(value: Value) -> Option<Vec<u8>> {
-    let text = match value {
-        Value::String(s) => s,
-        Value::Binary(b) => return Some(b.into_vec()),
-        Value::Symbol(s) => s.0,
-        Value::Null => String::new(),
-        Value::Bool(v) => v.to_string(),
-        Value::Ubyte(v) => v.to_string(),
-        Value::Ushort(v) => v.to_string(),
-        Value::Uint(v) => v.to_string(),
-        Value::Ulong(v) => v.to_string(),
-        Value::Byte(v) => v.to_string(),
-        Value::Short(v) => v.to_string(),
-        Value::Int(v) => v.to_string(),
-        Value::Long(v) => v.to_string(),
-        Value::Float(v) => v.to_string(),
-        Value::Double(v) => v.to_string(),
-        Value::Char(v) => v.to_string(),
-        Value::Timestamp(t) => t.milliseconds().to_string(),
-        _ => return None,
-    };
-    Some(text.into_bytes())
-}
-
-/// Copies the body once into shared bytes and renders the properties as text;
-/// `None` for a body with no byte form (an AMQP sequence, a compound value).
-/// With `fallback_topic`, a message without a `topic` property gets one: its
-/// AMQP subject if it has one, else `fallback_topic`.
-pub fn to_envelope(
-    delivery: Delivery<Body<Value>>,
-    fallback_topic: Option<&str>,
-) -> Option<Envelope> {
-    let message = delivery.into_message();
-    let mut properties: Vec<(String, String)> = message
-        .application_properties
-        .map(|props| {
-            props
-                .0
-                .into_iter()
-                .map(|(k, v)| (k, simple_to_string(v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(fallback) = fallback_topic {
-        if !properties.iter().any(|(k, _)| k == "topic") {
-            let subject = message
-                .properties
-                .as_ref()
-                .and_then(|p| p.subject.clone())
-                .filter(|s| !s.is_empty());
-            properties.push((
-                "topic".to_string(),
-                subject.unwrap_or_else(|| fallback.to_string()),
-            ));
-        }
-    }
-    let body = match message.body {
-        Body::Data(batch) => {
-            let mut parts = batch.into_iter();
-            match (parts.next(), parts.next()) {
-                (Some(only), None) => Bytes::from(only.0.into_vec()),
-                (first, second) => {
-                    let mut buf = BytesMut::new();
-                    for part in first.into_iter().chain(second).chain(parts) {
-                        buf.extend_from_slice(&part.0);
-                    }
-                    buf.freeze()
-                }
-            }
-        }
-        Body::Value(v) => Bytes::from(value_bytes(v.0)?),
-        Body::Empty => Bytes::new(),
-        Body::Sequence(_) => return None,
-    };
-    Some(Envelope::new(body, properties))
-}
-
-fn simple_to_string(value: SimpleValue) -> String {
-    match value {
-        SimpleValue::String(s) => s,
-        SimpleValue::Symbol(s) => s.0,
-        SimpleValue::Long(v) => v.to_string(),
-        SimpleValue::Int(v) => v.to_string(),
-        SimpleValue::Short(v) => v.to_string(),
-        SimpleValue::Byte(v) => v.to_string(),
-        SimpleValue::Ulong(v) => v.to_string(),
-        SimpleValue::Uint(v) => v.to_string(),
-        SimpleValue::Ushort(v) => v.to_string(),
-        SimpleValue::Ubyte(v) => v.to_string(),
-        SimpleValue::Bool(v) => v.to_string(),
-        SimpleValue::Double(v) => v.to_string(),
-        SimpleValue::Float(v) => v.to_string(),
-        SimpleValue::Timestamp(t) => t.milliseconds().to_string(),
-        SimpleValue::Binary(b) => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode(b.as_slice())
-        }
-        SimpleValue::Null => String::new(),
-        other => format!("{other:?}"),
     }
 }

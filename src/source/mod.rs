@@ -1,8 +1,10 @@
 //! AMQP 1.0 ingress: `aliyun` signs the platform's login, `connect` opens one
 //! TLS + SASL connection, `link` runs a receiver with credit bound to free
-//! in-flight slots, `subscriber` supervises N connections with reconnects.
+//! in-flight slots, `message` turns a delivery into an envelope, `subscriber`
+//! supervises N connections with reconnects.
 
 pub mod aliyun;
 pub mod connect;
 pub mod link;
+pub mod message;
 pub mod subscriber;

@@ -139,16 +139,6 @@ fn address(config: &SourceConfig) -> &str {
     }
 }
 
-/// The routing topic of a message without a `topic` property (generic
-/// brokers): its AMQP subject, else the source address. `None` on the
-/// platform, which always sends `topic`.
-fn fallback_topic(config: &SourceConfig) -> Option<&str> {
-    match config.kind {
-        SourceKind::Aliyun => None,
-        SourceKind::Amqp => Some(&config.address),
-    }
-}
-
 /// Keeps one receiver attached, each time on a session of its own: after a
 /// link failure the old session is ended before the next attach, so a broker
 /// that ties unsettled deliveries to the session (RabbitMQ 3.x maps a session
@@ -162,6 +152,7 @@ async fn serve(
     counters: &Arc<ConnectionMetrics>,
 ) -> LinkEnd {
     let mut attempt = 0u32;
+    let reading = &config.reading();
     loop {
         let mut session = match Session::begin(connection).await {
             Ok(s) => s,
@@ -185,7 +176,7 @@ async fn serve(
         tracing::info!(%client_id, "receiver attached");
         let attached_at = Instant::now();
         counters.set_attached(true);
-        let end = link::run(&mut receiver, ctx, counters, fallback_topic(config)).await;
+        let end = link::run(&mut receiver, ctx, counters, reading).await;
         counters.set_attached(false);
         match end {
             LinkEnd::Closed => {
