@@ -181,6 +181,32 @@ impl RabbitMq {
         );
     }
 
+    /// Declares a durable queue (what a production queue is; RabbitMQ's
+    /// AMQP 1.0 plugin declares missing queues non-durable).
+    pub fn declare_durable_queue(&self, name: &str) {
+        let expr = format!(
+            "rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"{name}\">>), true, false, [], none, <<\"test\">>)."
+        );
+        let out = self.ctl(&["eval", &expr]);
+        assert!(
+            out.status.success(),
+            "declaring queue {name} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Kills the node's VM with SIGKILL (a crash: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the node (`rabbitmqctl stop`), killing it if that does not work.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
