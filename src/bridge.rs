@@ -64,7 +64,7 @@ impl Bridge {
         let source_tls = if config.source.url.is_tls() {
             Some(crate::tls::client_config(
                 config.source.tls.ca_file.as_deref(),
-                None,
+                config.source.tls.client_cert(),
             )?)
         } else {
             None

@@ -651,3 +651,156 @@ async fn rabbitmq_killed_and_restarted_mid_stream_loses_nothing() {
         .await
         .unwrap();
 }
+
+/// A bridge reaching `rabbit` over TLS, trusting `ca`; `login` is the SASL
+/// part of the source block, `client` the client certificate and key.
+fn tls_yaml(
+    rabbit: &RabbitMq,
+    mqtt_port: u16,
+    ca: &Path,
+    login: &str,
+    client: Option<(&Path, &Path)>,
+    alt_tls: bool,
+) -> String {
+    let client = client
+        .map(|(cert, key)| {
+            format!(
+                "    cert_file: {}\n    key_file: {}\n",
+                cert.display(),
+                key.display()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r##"source:
+  kind: amqp
+  url: amqps://localhost:{port}
+  address: {QUEUE}
+  container_id: bridge-tls
+  alt_tls_establishment: {alt_tls}
+{login}  tls:
+    ca_file: {ca}
+{client}  reconnect: {{ initial: 100ms, max: 500ms }}
+sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt_port}", client_id: tls-out }}
+routes:
+  - {{ match: {{ topic: "#" }}, to: [ {{ sink: m, topic: "iot/{{messageId}}", qos: 1 }} ] }}
+telemetry: {{ listen: "127.0.0.1:0", summary_interval: 0s }}
+"##,
+        port = rabbit.tls_port,
+        ca = ca.display(),
+    )
+}
+
+/// Forwards `ids` from the queue over the bridge's TLS connection, each
+/// exactly once. (RabbitMQ 3.10 does not list AMQP 1.0 connections in
+/// `list_connections`, so the login is shown by what it refuses.)
+async fn forwarded_over_tls(
+    rabbit: &RabbitMq,
+    mqtt_port: u16,
+    text: &str,
+    ids: std::ops::Range<u64>,
+) {
+    let n = ids.end - ids.start;
+    let subscriber = Subscriber::start(mqtt_port, "tls-sub", "iot/#").await;
+    let bridge = Bridge::start(&parse(text)).await.unwrap();
+    send(rabbit, ids.clone(), None).await;
+    subscriber.wait_for_total(n, 60).await;
+    eventually("every message accepted", 30, || {
+        bridge.metrics().accepted() == n
+    })
+    .await;
+    bridge.shutdown().await;
+    let counts = subscriber.counts();
+    assert_eq!(counts.len() as u64, n);
+    assert!(ids
+        .clone()
+        .all(|id| counts.get(&format!("iot/{id}")) == Some(&1)));
+}
+
+/// Starts the bridge with `text`, waits for `attempts` failed connection
+/// attempts and checks that it never connected.
+async fn never_connects(text: &str, attempts: u64) {
+    let bridge = Bridge::start(&parse(text)).await.unwrap();
+    eventually("failed connection attempts", 30, || {
+        bridge.metrics().reconnects() >= attempts
+    })
+    .await;
+    let (connects, attached) = (
+        bridge.metrics().connects(),
+        bridge
+            .metrics()
+            .connections()
+            .iter()
+            .any(|c| c.is_attached()),
+    );
+    bridge.shutdown().await;
+    assert_eq!((connects, attached), (0, false), "connected anyway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_plain_and_with_sasl_external_and_refusals() {
+    let pki = common::pki::Pki::new("bridge-client");
+    let (rabbit, pki) = tokio::task::spawn_blocking(move || (RabbitMq::start_tls(&pki), pki))
+        .await
+        .unwrap();
+    let broker = Mosquitto::start();
+    let plain = "  username: guest\n  password: guest\n";
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+
+    // TLS straight away (RabbitMQ's TLS listener), SASL PLAIN.
+    let text = tls_yaml(&rabbit, broker.port, &pki.ca, plain, None, true);
+    forwarded_over_tls(&rabbit, broker.port, &text, 0..300).await;
+
+    // SASL EXTERNAL: the client certificate's common name is the user.
+    let text = tls_yaml(
+        &rabbit,
+        broker.port,
+        &pki.ca,
+        "  sasl: external\n",
+        client,
+        true,
+    );
+    forwarded_over_tls(&rabbit, broker.port, &text, 300..600).await;
+
+    // ...so a certificate from the same CA for a user RabbitMQ does not
+    // know is refused at login.
+    let (cert, key) = pki.client("nobody");
+    let text = tls_yaml(
+        &rabbit,
+        broker.port,
+        &pki.ca,
+        "  sasl: external\n",
+        Some((&cert, &key)),
+        true,
+    );
+    let bridge = Bridge::start(&parse(&text)).await.unwrap();
+    eventually("a refused login", 30, || {
+        bridge.metrics().login_refused() >= 2
+    })
+    .await;
+    assert_eq!(bridge.metrics().connects(), 0);
+    bridge.shutdown().await;
+
+    // A broker certificate from another CA is refused.
+    let other = common::pki::Pki::new("other");
+    never_connects(
+        &tls_yaml(&rabbit, broker.port, &other.ca, plain, None, true),
+        3,
+    )
+    .await;
+
+    // RabbitMQ 3.10 does not speak the AMQP TLS header on either listener:
+    // `alt_tls_establishment: false` (the default) cannot connect to it.
+    never_connects(
+        &tls_yaml(&rabbit, broker.port, &pki.ca, plain, None, false),
+        3,
+    )
+    .await;
+
+    let (ready, unacked) = rabbit.queue_depth("iot");
+    assert_eq!((ready, unacked), (0, 0));
+    tokio::task::spawn_blocking(move || drop(rabbit))
+        .await
+        .unwrap();
+}

@@ -32,7 +32,8 @@ pub use sink::{
     SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{
-    AmqpUrl, BackoffConfig, CreditRefill, SourceConfig, SourceKind, UndeliverableOutcome,
+    AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceKind,
+    UndeliverableOutcome,
 };
 pub use values::{HumanDuration, Secret, SinkName};
 
@@ -89,9 +90,10 @@ fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration::from_secs(20)
 }
 
-/// TLS settings; server certificates are always verified.
+/// TLS settings; server certificates are always verified. A client
+/// certificate needs its key and the other way round.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RawTls")]
 pub struct TlsConfig {
     /// PEM file with the CA certificates to trust instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +104,41 @@ pub struct TlsConfig {
     /// PEM private key of `cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The client certificate and its key, if configured.
+    pub fn client_cert(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        self.cert_file.as_deref().zip(self.key_file.as_deref())
+    }
+}
+
+/// A `tls` block as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+}
+
+impl TryFrom<RawTls> for TlsConfig {
+    type Error = String;
+
+    fn try_from(raw: RawTls) -> Result<Self, String> {
+        match (&raw.cert_file, &raw.key_file) {
+            (Some(_), None) => Err("`tls.cert_file` needs `tls.key_file`".into()),
+            (None, Some(_)) => Err("`tls.key_file` needs `tls.cert_file`".into()),
+            _ => Ok(TlsConfig {
+                ca_file: raw.ca_file,
+                cert_file: raw.cert_file,
+                key_file: raw.key_file,
+            }),
+        }
+    }
 }
 
 /// The messageId window that drops redelivered duplicates.

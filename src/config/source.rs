@@ -28,6 +28,31 @@ impl SourceKind {
     }
 }
 
+/// How a generic source logs in (`sasl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslMechanism {
+    /// `username`/`password` (the default when a username is given).
+    Plain,
+    /// No identity (the default without a username).
+    Anonymous,
+    /// The TLS client certificate (`tls.cert_file`) is the identity.
+    External,
+    /// No SASL layer at all, for a broker that offers none.
+    None,
+}
+
+impl SaslMechanism {
+    fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "plain",
+            SaslMechanism::Anonymous => "anonymous",
+            SaslMechanism::External => "external",
+            SaslMechanism::None => "none",
+        }
+    }
+}
+
 /// The outcome of a message whose copy failed for good (too large for its
 /// broker, refused by its ACL, a template it cannot fill) when no dead-letter
 /// sink is configured.
@@ -79,6 +104,8 @@ pub struct SourceConfig {
     pub security_token: Option<Secret>,
     /// amqp: required; the node the receiver attaches to.
     pub address: String,
+    /// amqp: how to log in; aliyun: always PLAIN with a signed password.
+    pub sasl: SaslMechanism,
     /// amqp: SASL PLAIN user; absent = ANONYMOUS.
     pub username: Option<String>,
     /// amqp: SASL PLAIN password.
@@ -129,6 +156,8 @@ struct RawSource {
     #[serde(default)]
     address: Option<String>,
     #[serde(default)]
+    sasl: Option<SaslMechanism>,
+    #[serde(default)]
     username: Option<String>,
     #[serde(default)]
     password: Option<Secret>,
@@ -158,7 +187,7 @@ struct RawSource {
 
 impl RawSource {
     /// Which keys were given, by kind: (key, given, the kind it belongs to).
-    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 14] {
+    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 15] {
         use SourceKind::{Aliyun, Amqp};
         [
             ("access_key_id", self.access_key_id.is_some(), Aliyun),
@@ -177,6 +206,7 @@ impl RawSource {
             ("sign_method", self.sign_method.is_some(), Aliyun),
             ("security_token", self.security_token.is_some(), Aliyun),
             ("address", self.address.is_some(), Amqp),
+            ("sasl", self.sasl.is_some(), Amqp),
             ("username", self.username.is_some(), Amqp),
             ("password", self.password.is_some(), Amqp),
             ("container_id", self.container_id.is_some(), Amqp),
@@ -222,6 +252,27 @@ impl RawSource {
                 if self.password.is_some() && self.username.is_none() {
                     return Err("`password` without `username`: give both (SASL PLAIN) or neither (ANONYMOUS)".into());
                 }
+                match self.sasl {
+                    Some(SaslMechanism::Plain) if self.username.is_none() => {
+                        return Err("`sasl: plain` needs `username` and `password`".into());
+                    }
+                    Some(
+                        other @ (SaslMechanism::Anonymous
+                        | SaslMechanism::External
+                        | SaslMechanism::None),
+                    ) if self.username.is_some() => {
+                        return Err(format!(
+                            "`username`/`password` are for SASL PLAIN, not `sasl: {}`",
+                            other.name()
+                        ));
+                    }
+                    Some(SaslMechanism::External)
+                        if !self.url.is_tls() || self.tls.cert_file.is_none() =>
+                    {
+                        return Err("`sasl: external` logs in with the TLS client certificate: it needs an `amqps://` url and `tls.cert_file`/`tls.key_file`".into());
+                    }
+                    _ => {}
+                }
                 (String::new(), Secret::default(), String::new(), address)
             }
         };
@@ -238,9 +289,15 @@ impl RawSource {
                 fields
             }
         };
+        let sasl = self.sasl.unwrap_or(if self.username.is_some() {
+            SaslMechanism::Plain
+        } else {
+            SaslMechanism::Anonymous
+        });
         Ok(SourceConfig {
             kind: self.kind,
             topic_from,
+            sasl,
             url: self.url,
             access_key_id,
             access_key_secret,
@@ -317,6 +374,8 @@ struct SourceView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     address: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    sasl: Option<SaslMechanism>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<&'a Secret>,
@@ -352,6 +411,7 @@ impl Serialize for SourceConfig {
             sign_method: aliyun.then_some(self.sign_method),
             security_token: self.security_token.as_ref().filter(|_| aliyun),
             address: amqp.then_some(self.address.as_str()),
+            sasl: amqp.then_some(self.sasl),
             username: self.username.as_deref().filter(|_| amqp),
             password: self.password.as_ref().filter(|_| amqp),
             container_id: amqp.then_some(self.client_id.as_str()),
@@ -673,6 +733,40 @@ mod tests {
         assert!(message.contains("amqp.subject, "), "{message}");
         let (_, message) = invalid(&format!("{AMQP}  topic_from: [subject]\n"));
         assert!(message.contains("use address, amqp.NAME"), "{message}");
+    }
+
+    #[test]
+    fn sasl_follows_the_credentials_and_external_needs_a_certificate() {
+        use crate::config::SaslMechanism;
+        assert_eq!(parse(AMQP).unwrap().source.sasl, SaslMechanism::Anonymous);
+        let plain = parse(&format!("{AMQP}  username: u\n  password: p\n")).unwrap();
+        assert_eq!(plain.source.sasl, SaslMechanism::Plain);
+        let none = parse(&format!("{AMQP}  sasl: none\n")).unwrap();
+        assert_eq!(none.source.sasl, SaslMechanism::None);
+        assert!(none.to_redacted_yaml().contains("sasl: none"));
+        let (_, message) = invalid(&format!("{AMQP}  sasl: plain\n"));
+        assert!(message.contains("needs `username`"), "{message}");
+        let (_, message) = invalid(&format!("{AMQP}  sasl: anonymous\n  username: u\n"));
+        assert!(message.contains("not `sasl: anonymous`"), "{message}");
+        let (_, message) = invalid(&format!("{AMQP}  sasl: external\n"));
+        assert!(
+            message.contains("`amqps://` url and `tls.cert_file`"),
+            "{message}"
+        );
+        let external = parse(
+            "source:\n  kind: amqp\n  url: amqps://h:5671\n  address: q\n  sasl: external\n  \
+             tls: { cert_file: c.pem, key_file: k.pem }\n",
+        )
+        .unwrap();
+        assert_eq!(external.source.sasl, SaslMechanism::External);
+        let (line, message) = invalid(
+            "source:\n  kind: amqp\n  url: amqps://h:5671\n  address: q\n  tls: { cert_file: c.pem }\n",
+        );
+        assert!(line >= 2, "{message}");
+        assert!(
+            message.contains("`tls.cert_file` needs `tls.key_file`"),
+            "{message}"
+        );
     }
 
     #[test]

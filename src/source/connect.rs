@@ -1,6 +1,6 @@
 //! Opening one AMQP 1.0 connection: TCP, TLS (straight away as the platform
 //! expects, or after the AMQP TLS protocol header, the usual way), then SASL
-//! (PLAIN or ANONYMOUS) and Open.
+//! (PLAIN, ANONYMOUS, EXTERNAL or none) and Open.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,16 +39,22 @@ pub enum Login {
     },
     /// SASL ANONYMOUS.
     Anonymous,
+    /// SASL EXTERNAL: the TLS client certificate is the identity.
+    External,
+    /// No SASL layer (a broker that offers none).
+    NoSasl,
 }
 
 impl Login {
-    fn profile(&self) -> SaslProfile {
+    fn profile(&self) -> Option<SaslProfile> {
         match self {
-            Login::Plain { username, password } => SaslProfile::Plain {
+            Login::Plain { username, password } => Some(SaslProfile::Plain {
                 username: username.clone(),
                 password: password.expose().to_string(),
-            },
-            Login::Anonymous => SaslProfile::Anonymous,
+            }),
+            Login::Anonymous => Some(SaslProfile::Anonymous),
+            // Done by `sasl_external` before fe2o3 takes the stream.
+            Login::External | Login::NoSasl => None,
         }
     }
 }
@@ -70,6 +76,8 @@ pub enum ConnectError {
     TlsHeader { host: String, reason: String },
     #[error("invalid TLS server name `{0}`")]
     ServerName(String),
+    #[error("SASL EXTERNAL failed: {0}")]
+    Sasl(String),
     #[error("login refused ({code}): {reason}")]
     LoginRefused { code: String, reason: String },
     #[error("AMQP open failed: {0}")]
@@ -118,8 +126,10 @@ async fn open_inner(
     let mut builder = Connection::builder()
         .container_id(options.container_id.clone())
         .scheme("amqp")
-        .hostname(options.host.as_str())
-        .sasl_profile(options.login.profile());
+        .hostname(options.host.as_str());
+    if let Some(profile) = options.login.profile() {
+        builder = builder.sasl_profile(profile);
+    }
     if let Some(idle) = options.idle_timeout {
         // fe2o3 advertises half of the value it is given (the spec's advice to
         // leave room for the peer), so give it twice the value to advertise.
@@ -133,13 +143,16 @@ async fn open_inner(
             if options.tls_header {
                 tls_header(&mut tcp, &options.host).await?;
             }
-            let tls = tokio_rustls::TlsConnector::from(config.clone())
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await
                 .map_err(|source| ConnectError::Tls {
                     host: options.host.clone(),
                     source,
                 })?;
+            if matches!(options.login, Login::External) {
+                super::sasl_external::login(&mut tls, &options.host).await?;
+            }
             Ok(builder.open_with_stream(tls).await?)
         }
         None => Ok(builder.open_with_stream(tcp).await?),

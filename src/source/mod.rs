@@ -7,4 +7,5 @@ pub mod aliyun;
 pub mod connect;
 pub mod link;
 pub mod message;
+mod sasl_external;
 pub mod subscriber;

@@ -13,7 +13,7 @@ use super::aliyun::{sign_now, Credentials};
 use super::connect::{open, ConnectOptions, Login};
 use super::link::{self, LinkContext, LinkEnd};
 use crate::backoff::Backoff;
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::{SaslMechanism, SourceConfig, SourceKind};
 use crate::telemetry::ConnectionMetrics;
 
 /// Starts every configured connection; each runs until `ctx.close` fires.
@@ -120,12 +120,14 @@ fn login(config: &SourceConfig, client_id: &str) -> Login {
                 password: signed.password,
             }
         }
-        SourceKind::Amqp => match &config.username {
-            Some(username) => Login::Plain {
-                username: username.clone(),
+        SourceKind::Amqp => match config.sasl {
+            SaslMechanism::Plain => Login::Plain {
+                username: config.username.clone().unwrap_or_default(),
                 password: config.password.clone().unwrap_or_default(),
             },
-            None => Login::Anonymous,
+            SaslMechanism::Anonymous => Login::Anonymous,
+            SaslMechanism::External => Login::External,
+            SaslMechanism::None => Login::NoSasl,
         },
     }
 }

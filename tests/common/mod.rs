@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod mosquitto;
+pub mod pki;
 pub mod proxy;
 pub mod rabbitmq;
 #[cfg(feature = "rocketmq")]

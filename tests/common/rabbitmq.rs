@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::mosquitto::free_port;
+use super::pki::Pki;
 
 const INSTALL_HINT: &str =
     "rabbitmq-server not found: run scripts/install-test-deps.sh (Debian package rabbitmq-server)";
@@ -27,6 +28,8 @@ fn script(name: &str) -> PathBuf {
 /// A running RabbitMQ node with the AMQP 1.0 plugin; user guest/guest.
 pub struct RabbitMq {
     pub port: u16,
+    /// The TLS listener's port (listening only with [`RabbitMq::start_tls`]).
+    pub tls_port: u16,
     pub node: String,
     dist_port: u16,
     dir: tempfile::TempDir,
@@ -36,37 +39,90 @@ pub struct RabbitMq {
 impl RabbitMq {
     /// Starts a node and waits until its applications (and the plugin) run.
     pub fn start() -> RabbitMq {
+        RabbitMq::start_with(None)
+    }
+
+    /// Starts a node that also has a TLS listener (`tls_port`) presenting
+    /// `pki`'s server certificate, asking for a client certificate (verified
+    /// against `pki`'s CA if one is sent) and offering SASL EXTERNAL with the
+    /// certificate's common name as the user, who is created.
+    pub fn start_tls(pki: &Pki) -> RabbitMq {
+        let node = RabbitMq::start_with(Some(pki));
+        let user = &pki.client_cn;
+        for args in [
+            vec!["add_user", user, "unused-password"],
+            vec!["set_permissions", "-p", "/", user, ".*", ".*", ".*"],
+        ] {
+            let out = node.ctl(&args);
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        node
+    }
+
+    fn start_with(pki: Option<&Pki>) -> RabbitMq {
         let dir = tempfile::tempdir().unwrap();
         // A node port above 45 535 would put the default distribution port
         // (node port + 20 000) out of range: draw until both are fine.
-        let port = loop {
+        let below = || loop {
             let port = free_port();
             if port < 45_000 {
                 break port;
+            }
+        };
+        let port = below();
+        let tls_port = loop {
+            let p = below();
+            if p != port {
+                break p;
             }
         };
         let node = format!("amqpbridge-{port}@localhost");
         for sub in ["mnesia", "log", "home"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        std::fs::write(dir.path().join("enabled_plugins"), "[rabbitmq_amqp1_0].\n").unwrap();
+        let mut plugins = "rabbitmq_amqp1_0".to_string();
+        let mut conf = format!(
+            "listeners.tcp.default = 127.0.0.1:{port}\n\
+             amqp1_0.default_user = guest\n\
+             amqp1_0.default_vhost = /\n"
+        );
+        if let Some(pki) = pki {
+            plugins.push_str(", rabbitmq_auth_mechanism_ssl");
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = false\n\
+                 auth_mechanisms.1 = PLAIN\n\
+                 auth_mechanisms.2 = AMQPLAIN\n\
+                 auth_mechanisms.3 = EXTERNAL\n\
+                 ssl_cert_login_from = common_name\n",
+                ca = pki.ca.display(),
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ));
+        }
         std::fs::write(
-            dir.path().join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.default = 127.0.0.1:{port}\n\
-                 amqp1_0.default_user = guest\n\
-                 amqp1_0.default_vhost = /\n"
-            ),
+            dir.path().join("enabled_plugins"),
+            format!("[{plugins}].\n"),
         )
         .unwrap();
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
         let dist_port = loop {
             let p = free_port();
-            if p != port {
+            if p != port && p != tls_port {
                 break p;
             }
         };
         let mut broker = RabbitMq {
             port,
+            tls_port,
             node,
             dist_port,
             dir,
