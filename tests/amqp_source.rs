@@ -473,6 +473,8 @@ async fn amqp_properties_and_annotations_route_fill_templates_travel_and_dedup()
   username: guest
   password: guest
   container_id: bridge-meta
+  # RabbitMQ 3.10 does not apply JMS selectors; the attach must still work.
+  selector: "color = 'red'"
 sinks:
   m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: meta-out }}
   f: {{ kind: file, path: {copies} }}

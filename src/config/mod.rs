@@ -32,7 +32,7 @@ pub use sink::{
     SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{
-    AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceKind,
+    AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceFilter, SourceKind,
     UndeliverableOutcome,
 };
 pub use values::{HumanDuration, Secret, SinkName};

@@ -28,6 +28,41 @@ impl SourceKind {
     }
 }
 
+/// The filter-set key the JMS selector filter is sent under.
+const JMS_SELECTOR_KEY: &str = "jms-selector";
+
+/// One source filter: a described value the broker applies before it
+/// delivers (AMQP 1.0 filter set; which filters a broker knows is its own
+/// business, and one it does not know it may ignore).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFilter {
+    /// The descriptor: a symbolic name (`apache.org:selector-filter:string`)
+    /// or a numeric code written as text (`0x0000468C00000004`).
+    pub descriptor: String,
+    /// The filter's string value (the selector, the binding key, …).
+    pub value: String,
+}
+
+impl SourceFilter {
+    /// The JMS selector filter (Apache's registered descriptor).
+    pub fn jms_selector(selector: &str) -> SourceFilter {
+        SourceFilter {
+            descriptor: "apache.org:selector-filter:string".to_string(),
+            value: selector.to_string(),
+        }
+    }
+
+    /// The descriptor as a code when it is written as a number.
+    pub fn descriptor_code(&self) -> Option<u64> {
+        let text = self.descriptor.trim();
+        match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => text.parse().ok(),
+        }
+    }
+}
+
 /// How a generic source logs in (`sasl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -116,6 +151,9 @@ pub struct SourceConfig {
     /// topic from, first present wins (`address`, `amqp.NAME`,
     /// `annotation.NAME`, `prop.NAME`); default `[amqp.subject, address]`.
     pub topic_from: Vec<String>,
+    /// amqp: source filters sent on attach, by filter-set key (a JMS
+    /// selector, a binding filter); `selector` adds the JMS selector filter.
+    pub filters: Vec<(String, SourceFilter)>,
     /// amqp with `amqps://`: start TLS straight away (as RabbitMQ's TLS
     /// listener and the IoT Platform expect) instead of after the AMQP TLS
     /// protocol header. Always on for aliyun.
@@ -169,6 +207,10 @@ struct RawSource {
     alt_tls_establishment: Option<bool>,
     #[serde(default)]
     topic_from: Option<Vec<String>>,
+    #[serde(default)]
+    selector: Option<String>,
+    #[serde(default)]
+    filters: Option<std::collections::BTreeMap<String, SourceFilter>>,
     #[serde(default = "default_connections", deserialize_with = "connections")]
     connections: u16,
     #[serde(default = "default_credit", deserialize_with = "credit")]
@@ -187,7 +229,7 @@ struct RawSource {
 
 impl RawSource {
     /// Which keys were given, by kind: (key, given, the kind it belongs to).
-    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 15] {
+    fn kind_keys(&self) -> [(&'static str, bool, SourceKind); 17] {
         use SourceKind::{Aliyun, Amqp};
         [
             ("access_key_id", self.access_key_id.is_some(), Aliyun),
@@ -217,6 +259,8 @@ impl RawSource {
                 Amqp,
             ),
             ("topic_from", self.topic_from.is_some(), Amqp),
+            ("selector", self.selector.is_some(), Amqp),
+            ("filters", self.filters.is_some(), Amqp),
         ]
     }
 
@@ -294,9 +338,27 @@ impl RawSource {
         } else {
             SaslMechanism::Anonymous
         });
+        let mut filters: Vec<(String, SourceFilter)> = self
+            .filters
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if let Some(selector) = &self.selector {
+            if filters.iter().any(|(key, _)| key == JMS_SELECTOR_KEY) {
+                return Err(format!(
+                    "`selector` and `filters.{JMS_SELECTOR_KEY}` both set a JMS selector: keep one"
+                ));
+            }
+            filters.push((
+                JMS_SELECTOR_KEY.to_string(),
+                SourceFilter::jms_selector(selector),
+            ));
+        }
         Ok(SourceConfig {
             kind: self.kind,
             topic_from,
+            filters,
             sasl,
             url: self.url,
             access_key_id,
@@ -387,6 +449,8 @@ struct SourceView<'a> {
     alt_tls_establishment: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic_from: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filters: Vec<(&'a str, &'a SourceFilter)>,
     connections: u16,
     credit: u32,
     credit_refill: CreditRefill,
@@ -418,6 +482,7 @@ impl Serialize for SourceConfig {
             link_name: self.link_name.as_deref().filter(|_| amqp),
             alt_tls_establishment: amqp.then_some(self.alt_tls_establishment),
             topic_from: amqp.then_some(self.topic_from.as_slice()),
+            filters: self.filters.iter().map(|(k, f)| (k.as_str(), f)).collect(),
             connections: self.connections,
             credit: self.credit,
             credit_refill: self.credit_refill,

@@ -141,6 +141,30 @@ fn address(config: &SourceConfig) -> &str {
     }
 }
 
+/// The source terminus a receiver attaches to: the address and any
+/// configured filters.
+fn source_terminus(config: &SourceConfig) -> fe2o3_amqp::types::messaging::Source {
+    use fe2o3_amqp::types::primitives::{Symbol, Value};
+    use serde_amqp::described::Described;
+    use serde_amqp::descriptor::Descriptor;
+    let mut source =
+        fe2o3_amqp::types::messaging::Source::builder().address(address(config).to_string());
+    for (key, filter) in &config.filters {
+        let descriptor = match filter.descriptor_code() {
+            Some(code) => Descriptor::Code(code),
+            None => Descriptor::Name(Symbol::from(filter.descriptor.as_str())),
+        };
+        source = source.add_to_filter(
+            Symbol::from(key.as_str()),
+            Described {
+                descriptor,
+                value: Value::String(filter.value.clone()),
+            },
+        );
+    }
+    source.build()
+}
+
 /// Keeps one receiver attached, each time on a session of its own: after a
 /// link failure the old session is ended before the next attach, so a broker
 /// that ties unsettled deliveries to the session (RabbitMQ 3.x maps a session
@@ -166,7 +190,7 @@ async fn serve(
         };
         let attached = Receiver::builder()
             .name(name)
-            .source(address(config).to_string())
+            .source(source_terminus(config))
             .credit_mode(CreditMode::Manual)
             .auto_accept(false)
             .attach(&mut session)
@@ -213,3 +237,33 @@ async fn serve(
 /// How long a closing detach or session end may take before the connection
 /// is given up instead.
 const END_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::source_terminus;
+    use crate::config::Config;
+
+    #[test]
+    fn filters_and_the_selector_go_into_the_source_terminus() {
+        let text = "source:\n  kind: amqp\n  url: amqp://h\n  address: orders\n  \
+                    selector: \"color = 'red'\"\n  filters:\n    \
+                    binding: { descriptor: '0x0000468C00000001', value: 'a.b' }\n\
+                    sinks:\n  o: { kind: stdout }\n";
+        let config = Config::parse(text, Path::new("f.yaml"), |_| None).unwrap();
+        let source = source_terminus(&config.source);
+        assert_eq!(source.address.as_deref(), Some("orders"));
+        let filters = source.filter.expect("a filter set");
+        let printed = format!("{filters:?}");
+        assert_eq!(filters.len(), 2, "{printed}");
+        assert!(printed.contains("jms-selector"), "{printed}");
+        assert!(
+            printed.contains("apache.org:selector-filter:string"),
+            "{printed}"
+        );
+        assert!(printed.contains("color = 'red'"), "{printed}");
+        assert!(printed.contains("77567109365761"), "{printed}");
+        assert!(config.to_redacted_yaml().contains("jms-selector"));
+    }
+}
