@@ -180,6 +180,47 @@ async fn source_connection_dropped_mid_stream_reconnects_and_completes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_forced_mid_stream_attaches_again_on_the_same_connection() {
+    const N: u64 = 4_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "e2e-sub-detach", "out/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = Duration::from_millis(300);
+    })
+    .await;
+    let setup = bridge_config(&emulator, broker.port, SK, "");
+    let bridge = Bridge::start(&setup.config).await.unwrap();
+    // Three forced detaches, each once the flow is going again.
+    for round in 1..=3u64 {
+        subscriber.wait_for_total(round * 1_000, 60).await;
+        let attached = emulator.stats().snapshot().receivers_attached;
+        emulator.detach_all();
+        eventually("the receiver attached again", 30, || {
+            emulator.stats().snapshot().receivers_attached > attached
+        })
+        .await;
+    }
+    within(180, "all accepted", emulator.all_accepted()).await;
+    let m = bridge.metrics().clone();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    // A detach is answered by a new attach, not a new connection.
+    assert_eq!(stats.receivers_attached, 4, "{stats:?}");
+    assert_eq!((stats.logins_ok, m.reconnects()), (1, 0), "{stats:?}");
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() == N as usize
+    })
+    .await;
+    let duplicates = assert_all_arrived(&subscriber, N as usize);
+    eprintln!(
+        "duplicates after 3 forced detaches: {duplicates}; redelivered {}",
+        stats.redelivered
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_never_connects_and_backs_off() {
     let broker = Mosquitto::start();
     let emulator = emulator(|c| c.count = 10).await;

@@ -171,7 +171,9 @@ async fn run(
                 if let Some(sender) = accept_link(attach, s, busy, &shared.stats).await {
                     attached_once = true;
                     Stats::bump(&shared.stats.receivers_attached);
-                    pusher = Some(tokio::spawn(push(sender, subscription.clone())));
+                    let mut detach = shared.detach.subscribe();
+                    detach.borrow_and_update();
+                    pusher = Some(tokio::spawn(push(sender, subscription.clone(), detach)));
                 }
             }
             _ = &mut deadline, if !attached_once => {
@@ -255,11 +257,25 @@ async fn accept_link(
 
 /// Pushes messages within the credit the client grants; each outcome is
 /// tracked by its own small task so pushing never waits for settlement.
-async fn push(mut sender: Sender, subscription: Arc<Subscription>) {
+async fn push(
+    mut sender: Sender,
+    subscription: Arc<Subscription>,
+    mut detach: tokio::sync::watch::Receiver<u64>,
+) {
     loop {
         let pending = tokio::select! {
             p = subscription.take() => p,
             _ = sender.on_detach() => return,
+            _ = detach.changed() => {
+                let error = definitions::Error::new(
+                    definitions::LinkError::DetachForced,
+                    Some("emulator detached the link".to_string()),
+                    None,
+                );
+                // Unsettled deliveries come back like after a disconnect.
+                let _ = sender.close_with_error(error).await;
+                return;
+            }
         };
         match sender.send_batchable(pending.to_amqp()).await {
             Ok(delivery) => {

@@ -89,6 +89,8 @@ pub enum EmulatorError {
 pub(crate) struct Shared {
     /// Bumped to make every open connection close with `amqp:connection:forced`.
     kick: tokio::sync::watch::Sender<u64>,
+    /// Bumped to make every attached link detach with `amqp:link:detach-forced`.
+    detach: tokio::sync::watch::Sender<u64>,
     rules: Arc<AuthRules>,
     subscriptions: HashMap<String, Arc<Subscription>>,
     stats: Arc<Stats>,
@@ -170,6 +172,7 @@ impl Emulator {
             })?;
         let shared = Arc::new(Shared {
             kick: tokio::sync::watch::channel(0).0,
+            detach: tokio::sync::watch::channel(0).0,
             rules: Arc::new(rules),
             subscriptions: subscriptions.clone(),
             stats: stats.clone(),
@@ -225,6 +228,15 @@ impl Emulator {
     /// platform does on maintenance; clients are expected to reconnect.
     pub fn disconnect_all(&self) {
         self.shared.kick.send_modify(|generation| *generation += 1);
+    }
+
+    /// Detaches every attached link with `amqp:link:detach-forced`, as the
+    /// platform does when it moves a subscription; connections stay open and
+    /// clients are expected to attach again.
+    pub fn detach_all(&self) {
+        self.shared
+            .detach
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Closes every connection and stops listening.
