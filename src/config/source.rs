@@ -154,9 +154,10 @@ pub struct SourceConfig {
     /// amqp: source filters sent on attach, by filter-set key (a JMS
     /// selector, a binding filter); `selector` adds the JMS selector filter.
     pub filters: Vec<(String, SourceFilter)>,
-    /// amqp with `amqps://`: start TLS straight away (as RabbitMQ's TLS
-    /// listener and the IoT Platform expect) instead of after the AMQP TLS
-    /// protocol header. Always on for aliyun.
+    /// amqp with `amqps://`: start TLS straight away, as on port 5671 of
+    /// RabbitMQ, Artemis, Service Bus and the IoT Platform (default `true`);
+    /// `false` sends the AMQP TLS protocol header first (the spec's upgrade,
+    /// e.g. Service Bus on port 5672). Always on for aliyun.
     pub alt_tls_establishment: bool,
     pub connections: u16,
     pub credit: u32,
@@ -375,7 +376,7 @@ impl RawSource {
             username: self.username,
             password: self.password,
             link_name: self.link_name,
-            alt_tls_establishment: self.alt_tls_establishment.unwrap_or(false),
+            alt_tls_establishment: self.alt_tls_establishment.unwrap_or(true),
             connections: self.connections,
             credit: self.credit,
             credit_refill: self.credit_refill.unwrap_or(match self.kind {
@@ -727,7 +728,7 @@ mod tests {
             Some("the-real-password")
         );
         assert_eq!(source.client_id, crate::config::default_client_id());
-        assert!(!source.alt_tls_establishment);
+        assert!(source.alt_tls_establishment, "TLS straight away by default");
         assert_eq!(source.credit_refill, CreditRefill::UsedUp);
         let printed = config.to_redacted_yaml();
         assert!(!printed.contains("the-real-password"), "{printed}");
@@ -837,12 +838,12 @@ mod tests {
     #[test]
     fn container_id_and_link_name_are_taken() {
         let config = parse(&format!(
-            "{AMQP}  container_id: bridge-7\n  link_name: iot-in\n  alt_tls_establishment: true\n"
+            "{AMQP}  container_id: bridge-7\n  link_name: iot-in\n  alt_tls_establishment: false\n"
         ))
         .unwrap();
         assert_eq!(config.source.client_id, "bridge-7");
         assert_eq!(config.source.link_name.as_deref(), Some("iot-in"));
-        assert!(config.source.alt_tls_establishment);
+        assert!(!config.source.alt_tls_establishment);
         assert!(config.source.username.is_none());
     }
 
