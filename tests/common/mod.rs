@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod bridge_process;
 pub mod metrics;
 pub mod mosquitto;
 pub mod pki;
