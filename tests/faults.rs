@@ -149,6 +149,7 @@ async fn three_replicas_share_a_consumer_group_and_survive_one_killed() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
     let mut replicas: Vec<BridgeProcess> = (1..=3)
         .map(|i| {
             let (config, telemetry) =
@@ -171,6 +172,7 @@ async fn three_replicas_share_a_consumer_group_and_survive_one_killed() {
     }
     replicas[1].kill();
     within(600, "all accepted", emulator.all_accepted()).await;
+    let elapsed = started.elapsed();
     let shares = [
         received(&replicas[0].scrape().await),
         received(&replicas[2].scrape().await),
@@ -186,7 +188,9 @@ async fn three_replicas_share_a_consumer_group_and_survive_one_killed() {
     .await;
     let duplicates = all_arrived(&subscriber, n);
     eprintln!(
-        "3 replicas, one SIGKILLed: {n} messages, {duplicates} duplicates, survivors received {shares:?}"
+        "3 replicas, one SIGKILLed: {n} messages in {elapsed:?}, {duplicates} duplicates, \
+         {} unsettled at the kill, survivors received {shares:?}",
+        stats.unsettled_at_disconnect
     );
     assert!(
         duplicates <= stats.unsettled_at_disconnect && duplicates <= MAX_IN_FLIGHT,
