@@ -17,6 +17,11 @@ python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 [ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 # gcc and make build the bundled librdkafka (rdkafka-sys).
 { command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
+# librdkafka's TLS and SCRAM (rdkafka feature `ssl`) link Debian's OpenSSL,
+# found through pkg-config; PLAIN is built in, no Cyrus SASL needed (that is
+# only for GSSAPI). zstd is compiled from source by zstd-sys.
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
