@@ -9,6 +9,11 @@ use rdkafka::error::KafkaError;
 
 use super::config::KafkaSinkConfig;
 
+/// First wait before reconnecting to a broker, in ms (see `client_config`).
+pub const RECONNECT_BACKOFF_MS: &str = "1000";
+/// Longest wait between reconnects, in ms (librdkafka's default).
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "10000";
+
 /// The librdkafka configuration of one sink; fails (naming the key and the
 /// file) when a TLS file cannot be read, since librdkafka's own message
 /// names neither.
@@ -18,6 +23,12 @@ pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, String> {
     client.set("enable.idempotence", config.idempotence.to_string());
     client.set("acks", config.acks.as_str());
     client.set("compression.type", config.compression.as_str());
+    // After a failed TLS handshake librdkafka's metadata retries expedite
+    // the reconnect, so its backoff never grows: with the default 100 ms an
+    // untrusted certificate was retried 18 times a second, with 1 s about
+    // twice. Quick enough after a broker restart (sends are retried anyway).
+    client.set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS);
+    client.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     if let Some(linger) = config.linger {
         client.set("linger.ms", linger.0.as_millis().to_string());
     }

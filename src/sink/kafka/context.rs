@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::client::mask;
 
@@ -66,11 +66,20 @@ impl ClientContext for SinkContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let reason = mask(reason, &self.0.secrets);
-        let text = match error.rdkafka_error_code() {
+        let code = error.rdkafka_error_code();
+        let text = match code {
             Some(code) => format!("{code}: {reason}"),
             None => reason,
         };
+        let mut last = self.0.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(text.as_str()) {
+            return; // librdkafka repeats an error once per queue it serves
+        }
         tracing::warn!(sink = %self.0.sink, error = %text, "Kafka client error");
-        *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        // "All brokers down" follows the error that brought them down; keep
+        // that one, it says why (a refused login, an untrusted certificate).
+        if code != Some(RDKafkaErrorCode::AllBrokersDown) || last.is_none() {
+            *last = Some(text);
+        }
     }
 }

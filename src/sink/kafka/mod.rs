@@ -80,9 +80,10 @@ impl KafkaSink {
                             let error = probe_context.last_error().unwrap_or_else(|| e.to_string());
                             tracing::warn!(sink = %sink_name, %error, "Kafka cluster not reachable yet");
                         }
-                        // librdkafka reconnects with its own backoff
-                        // (reconnect.backoff.ms doubling to reconnect.backoff.max.ms).
-                        std::thread::sleep(Duration::from_millis(500));
+                        // A metadata request makes librdkafka connect at
+                        // once, so the probe backs off itself: a refused login
+                        // or an untrusted certificate is not retried in a loop.
+                        std::thread::sleep(probe_backoff(attempts));
                     }
                 }
             }
@@ -102,6 +103,12 @@ impl KafkaSink {
         let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
     }
+}
+
+/// Wait after the `attempts`-th failed metadata probe: 500 ms doubling to 10 s.
+fn probe_backoff(attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(5);
+    Duration::from_millis(500 << shift).min(Duration::from_secs(10))
 }
 
 /// Swaps in a new producer unless another send already did.
@@ -280,6 +287,14 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metadata_probe_backs_off() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|a| probe_backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+    }
 
     #[test]
     fn permanent_and_transient_errors() {
