@@ -29,7 +29,7 @@ use context::SinkContext;
 use missing_topics::MissingTopics;
 
 /// The producer type: librdkafka's callbacks go through [`SinkContext`].
-type Producer_ = FutureProducer<SinkContext>;
+type SinkProducer = FutureProducer<SinkContext>;
 
 /// A producer for one Kafka cluster.
 pub struct KafkaSink {
@@ -40,7 +40,7 @@ pub struct KafkaSink {
     /// Replaced when librdkafka reports a fatal error (e.g. an idempotent
     /// producer fenced after an epoch bump): a fatal producer fails every send
     /// from then on, so a new one (new producer id) takes over.
-    producer: Arc<RwLock<(u64, Producer_)>>,
+    producer: Arc<RwLock<(u64, SinkProducer)>>,
     ready: watch::Receiver<bool>,
     last_send: Arc<super::LastSend>,
     missing: Arc<MissingTopics>,
@@ -57,7 +57,7 @@ impl KafkaSink {
         };
         let client = client::client_config(config).map_err(invalid)?;
         let context = SinkContext::new(Arc::from(name), client::secrets(&client));
-        let producer: Producer_ = client
+        let producer: SinkProducer = client
             .create_with_context(context.clone())
             .map_err(|e| invalid(format!("Kafka producer: {}", redacted(&e, &client))))?;
         let (ready_tx, ready) = watch::channel(false);
@@ -99,7 +99,7 @@ impl KafkaSink {
         })
     }
 
-    fn current(&self) -> (u64, Producer_) {
+    fn current(&self) -> (u64, SinkProducer) {
         let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
     }
@@ -113,7 +113,7 @@ fn probe_backoff(attempts: u32) -> Duration {
 
 /// Swaps in a new producer unless another send already did.
 fn replace_fatal(
-    shared: &RwLock<(u64, Producer_)>,
+    shared: &RwLock<(u64, SinkProducer)>,
     generation: u64,
     client: &ClientConfig,
     context: &SinkContext,
@@ -124,7 +124,7 @@ fn replace_fatal(
     if guard.0 != generation {
         return;
     }
-    match client.create_with_context::<_, Producer_>(context.clone()) {
+    match client.create_with_context::<_, SinkProducer>(context.clone()) {
         Ok(fresh) => {
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
             *guard = (generation + 1, fresh);
@@ -180,8 +180,8 @@ pub fn classify(error: &KafkaError) -> SinkError {
 async fn send_record(
     message: &Outgoing,
     generation: u64,
-    producer: Producer_,
-    shared: &Arc<RwLock<(u64, Producer_)>>,
+    producer: SinkProducer,
+    shared: &Arc<RwLock<(u64, SinkProducer)>>,
     client: &ClientConfig,
     context: &SinkContext,
     name: &str,
