@@ -29,7 +29,12 @@ ARG DEBIAN_TAG=bookworm-20251229-slim
 ############################################################ build
 FROM rust:${RUST_VERSION}-bookworm AS build
 # The bundled librdkafka is compiled with gcc and make, which the rust image
-# already carries (it is based on buildpack-deps); nothing else to install.
+# already carries (it is based on buildpack-deps), and links Debian's OpenSSL
+# for Kafka TLS and SCRAM (rdkafka feature `ssl`): libssl-dev and pkg-config,
+# also in buildpack-deps; installed here so a slimmer base keeps working.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The commit `amqp-bridge --version` reports. .git is not in the build context,
 # so build.rs reads it from this variable.
@@ -54,9 +59,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 ############################################################ runtime-base
 FROM debian:${DEBIAN_TAG} AS runtime-base
 # ca-certificates: the system roots that verify the platform's (and brokers')
-# TLS certificates when no ca_file is configured.
+# TLS certificates when no ca_file is configured. libssl3: librdkafka's TLS
+# (Kafka only; everything else is rustls), linked dynamically so Debian's
+# security updates of OpenSSL reach the image on rebuild.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 bridge \
  && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \

@@ -17,6 +17,11 @@ python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 [ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 # gcc and make build the bundled librdkafka (rdkafka-sys).
 { command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
+# librdkafka's TLS and SCRAM (rdkafka feature `ssl`) link Debian's OpenSSL,
+# found through pkg-config; PLAIN is built in, no Cyrus SASL needed (that is
+# only for GSSAPI). zstd is compiled from source by zstd-sys.
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
@@ -51,6 +56,23 @@ if ! command -v tansu >/dev/null 2>&1; then
   $SUDO ln -sf "$dir/bin/tansu" /usr/local/bin/tansu
 fi
 tansu --version
+
+# A tansu that checks SASL logins, for the Kafka TLS/SASL tests
+# (tests/common/tansu_secure.rs): SCRAM credentials need a SQL storage
+# engine, which the PyPI build above (memory storage only) lacks. Built once
+# from crates.io with SQLite storage into its own prefix, so the other tests
+# keep the prebuilt one.
+tansu_sql_root=/usr/local/lib/tansu-sql
+if [ ! -x "$tansu_sql_root/bin/tansu" ]; then
+  echo "install-test-deps: building tansu 0.6.0 with SQLite storage (once, about 15 minutes)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  staging=$(mktemp -d)
+  cargo install tansu@0.6.0 --locked --features libsql --debug --quiet --root "$staging"
+  $SUDO install -D -m 0755 "$staging/bin/tansu" "$tansu_sql_root/bin/tansu"
+  rm -rf "$staging"
+fi
+echo "install-test-deps: tansu with SQLite storage present"
 
 # A RocketMQ name server and broker: rocketmq-rust 1.0.0, built once from
 # crates.io (debug: about 9 minutes on 2 cores; release: about 40 — the tests

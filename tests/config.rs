@@ -456,3 +456,114 @@ fn an_unparseable_url_is_not_echoed_with_its_password() {
     assert!(message.contains("invalid URL"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
 }
+
+/// `BASE` with a Kafka sink `k` whose body (indented 4) follows the brokers
+/// line; the sink's first body line is line 16 of the file.
+fn with_kafka(body: &str) -> String {
+    BASE.replace(
+        "  dl:\n",
+        &format!("  k:\n    kind: kafka\n    brokers: [\"b-1.example:9096\"]\n{body}  dl:\n"),
+    )
+}
+
+fn kafka_error(body: &str) -> (usize, String) {
+    match parse(&with_kafka(body)) {
+        Err(ConfigError::Invalid {
+            line,
+            message,
+            path,
+            ..
+        }) => {
+            assert_eq!(path, Path::new("bridge.yaml"));
+            (line, message)
+        }
+        other => panic!("expected an error at a line for {body:?}: {other:?}"),
+    }
+}
+
+#[test]
+fn kafka_tls_and_sasl_parse_and_their_password_is_never_printed() {
+    let config = parse(&with_kafka(
+        "    tls: { ca_file: /etc/ssl/kafka-ca.pem }\n    sasl:\n      mechanism: scram-sha-512\n      username: bridge\n      password: kafka-sasl-secret-value\n    compression: zstd\n    linger: 10ms\n",
+    ))
+    .unwrap();
+    let printed = config.to_redacted_yaml();
+    assert!(!printed.contains("kafka-sasl-secret-value"), "{printed}");
+    assert!(!format!("{config:?}").contains("kafka-sasl-secret-value"));
+    assert!(printed.contains("mechanism: SCRAM-SHA-512"), "{printed}");
+    assert!(printed.contains("compression: zstd"), "{printed}");
+    assert!(
+        printed.contains("acks: all") && printed.contains("idempotence: true"),
+        "{printed}"
+    );
+    assert!(
+        config.delivery_warnings().is_empty(),
+        "{:?}",
+        config.delivery_warnings()
+    );
+}
+
+#[test]
+fn kafka_security_mistakes_are_reported_at_their_key() {
+    let sasl = |rest: &str| format!("    sasl:\n      username: u\n      password: p\n{rest}");
+    let (line, message) = kafka_error(&sasl("      mechanism: OAUTHBEARER\n"));
+    assert_eq!(line, 19);
+    assert!(
+        message.contains("sinks.k.sasl.mechanism") && message.contains("not supported yet"),
+        "{message}"
+    );
+    let (line, message) = kafka_error(&sasl("      mechanism: SCRAM-SHA-1\n"));
+    assert_eq!(line, 19);
+    assert!(message.contains("unknown SASL mechanism"), "{message}");
+    let (line, message) =
+        kafka_error("    sasl: { mechanism: PLAIN, username: u, password: \"${KAFKA_PW:-}\" }\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("empty SASL password"), "{message}");
+    let (line, message) = kafka_error("    tls:\n      server_name: kafka.example\n");
+    assert_eq!(line, 17);
+    assert!(
+        message.contains("sinks.k.tls.server_name") && message.contains("not supported"),
+        "{message}"
+    );
+    let (_, message) = kafka_error("    tls: { cert_file: /c.pem }\n");
+    assert!(
+        message.contains("`cert_file` and `key_file` go together"),
+        "{message}"
+    );
+    let (line, message) = kafka_error("    tls: { ca_file: /ca.pem, verify: false }\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("verify"), "{message}");
+    let (line, message) = kafka_error("    compression: brotli\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("sinks.k.compression"), "{message}");
+}
+
+#[test]
+fn kafka_settings_that_break_the_delivery_contract_are_refused_or_warned() {
+    let (line, message) = kafka_error("    acks: 0\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("`acks: 0` is refused"), "{message}");
+    let (_, message) = kafka_error("    acks: 1\n");
+    assert!(
+        message.contains("`acks: 1` needs `idempotence: false`"),
+        "{message}"
+    );
+    let (line, message) = kafka_error("    linger: 20m\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("out of range"), "{message}");
+    let (line, message) = kafka_error("    delivery_timeout: 10ms\n");
+    assert_eq!(line, 16);
+    assert!(message.contains("out of range"), "{message}");
+    let config = parse(&with_kafka(
+        "    acks: 1\n    idempotence: false\n    sasl: { mechanism: SCRAM-SHA-256, username: u, password: p }\n",
+    ))
+    .unwrap();
+    let warnings = config.delivery_warnings().join("\n");
+    for expected in [
+        "sinks.k.acks: 1",
+        "sinks.k.idempotence: false",
+        "sinks.k.sasl without tls",
+    ] {
+        assert!(warnings.contains(expected), "{expected}: {warnings}");
+    }
+}

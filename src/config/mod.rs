@@ -11,7 +11,7 @@ mod interpolate;
 mod route;
 mod sink;
 mod source;
-mod values;
+pub(crate) mod values;
 mod warnings;
 
 use std::collections::BTreeMap;
@@ -27,9 +27,9 @@ pub use route::{
     UnroutedPolicy,
 };
 pub use sink::{
-    is_secret_property, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig, MqttAuthMode,
-    MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl, RocketMqSinkConfig,
-    SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
+    is_secret_property, ClientProperties, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig,
+    MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl,
+    RocketMqSinkConfig, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
 };
 pub use source::{
     AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceFilter, SourceKind,

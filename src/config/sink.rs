@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::source::{parse_url, redact_url};
 use super::values::{known_sink_kind, parse_str_with, HumanDuration, Secret};
 use super::TlsConfig;
+pub use crate::sink::kafka::config::KafkaSinkConfig;
 
 /// The sink kinds this build knows, as written in `kind:`.
 pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "rocketmq", "file", "stdout"];
@@ -210,28 +211,6 @@ fn default_keep_alive() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
 
-/// A Kafka cluster (librdkafka producer, acks=all and idempotence by default).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSinkConfig {
-    pub kind: String,
-    /// Bootstrap servers, `host:port`.
-    #[serde(deserialize_with = "non_empty_brokers")]
-    pub brokers: Vec<String>,
-    /// Any librdkafka producer property (compression, linger, SASL, TLS ...);
-    /// values whose names look secret print as `***`.
-    #[serde(default)]
-    pub properties: ClientProperties,
-    /// How long a topic the cluster calls unknown is retried before its
-    /// copies are dead-lettered (metadata lag, a topic being created).
-    #[serde(default = "default_kafka_topic_missing_grace")]
-    pub topic_missing_grace: HumanDuration,
-}
-
-fn default_kafka_topic_missing_grace() -> HumanDuration {
-    HumanDuration::from_secs(60)
-}
-
 /// Free-form client properties; names that look like credentials print as
 /// `***` in `check` output and in Debug.
 #[derive(Clone, Default, Deserialize)]
@@ -266,14 +245,6 @@ impl fmt::Debug for ClientProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.redacted().fmt(f)
     }
-}
-
-fn non_empty_brokers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let brokers = Vec::<String>::deserialize(d)?;
-    if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
-        return Err(D::Error::custom("`brokers` needs at least one host:port"));
-    }
-    Ok(brokers)
 }
 
 /// True for librdkafka property names that hold credentials.

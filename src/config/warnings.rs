@@ -6,7 +6,8 @@ use super::{Config, NotDurablePolicy, SinkConfig};
 
 impl Config {
     /// One line per setting that lets a message be accepted without its
-    /// broker's durable confirmation.
+    /// broker's durable confirmation (or, for Kafka SASL without TLS, sends
+    /// records and credentials unencrypted).
     pub fn delivery_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -23,6 +24,26 @@ impl Config {
         for (name, sink) in &self.sinks.0 {
             match sink {
                 SinkConfig::Kafka(kafka) => {
+                    if kafka.acks != crate::sink::kafka::config::Acks::All {
+                        warnings.push(format!(
+                            "sinks.{name}.acks: {} — a record counts as delivered once the \
+                             partition leader has it; it is lost if the leader fails before \
+                             replicating (acks: all keeps the delivery contract)",
+                            kafka.acks.as_str()
+                        ));
+                    }
+                    if !kafka.idempotence {
+                        warnings.push(format!(
+                            "sinks.{name}.idempotence: false — librdkafka's own retries may \
+                             write a record twice or out of order"
+                        ));
+                    }
+                    if kafka.sasl.is_some() && kafka.tls.is_none() {
+                        warnings.push(format!(
+                            "sinks.{name}.sasl without tls — SASL_PLAINTEXT: records (and a \
+                             PLAIN password) cross the network unencrypted"
+                        ));
+                    }
                     for (key, value) in &kafka.properties.0 {
                         let value_lower = value.trim().to_ascii_lowercase();
                         let weak = match key.as_str() {

@@ -165,6 +165,11 @@ pub trait Sink: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Resolves once the sink connected for the first time.
     fn ready(&self) -> BoxFuture<'_, ()>;
+    /// Why the sink is not ready, when the client said (a refused login, an
+    /// untrusted certificate): shown by `/readyz` after "not connected".
+    fn not_ready_reason(&self) -> Option<String> {
+        None
+    }
     /// A destination this broker accepts, made from a name the bridge
     /// derived itself (a dead-letter topic, an unrouted message's platform
     /// topic); configured names are checked, never rewritten.

@@ -62,7 +62,10 @@ impl Health {
         }
         for sink in &self.sinks {
             if !sink.is_ready() {
-                not_ready.push(format!("sink {}: not connected", sink.name()));
+                not_ready.push(match sink.not_ready_reason() {
+                    Some(reason) => format!("sink {}: not connected: {reason}", sink.name()),
+                    None => format!("sink {}: not connected", sink.name()),
+                });
             }
         }
         let known = self.metrics.connections();

@@ -11,6 +11,7 @@ pub mod rabbitmq;
 pub mod rocketmq;
 pub mod subscriber;
 pub mod tansu;
+pub mod tansu_secure;
 
 use std::sync::Arc;
 use std::time::Duration;

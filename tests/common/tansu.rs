@@ -13,7 +13,24 @@ const INSTALL_HINT: &str = "tansu not found: run scripts/install-test-deps.sh";
 /// A running tansu on a free loopback port.
 pub struct Tansu {
     pub port: u16,
+    /// The tansu binary, for its `topic` and `user` commands.
+    program: String,
     child: Option<Child>,
+}
+
+/// How to start a tansu.
+pub struct Launch<'a> {
+    pub program: &'a str,
+    /// The panic message when `program` cannot be started.
+    pub install_hint: &'a str,
+    /// Working directory (a `sqlite://FILE` storage is relative to it).
+    pub cwd: Option<&'a std::path::Path>,
+    pub storage: &'a str,
+    /// Listen on this port (None: a free one).
+    pub port: Option<u16>,
+    /// Advertise this port instead of its own (a proxy's).
+    pub advertised: Option<u16>,
+    pub flags: &'a [&'a str],
 }
 
 impl Tansu {
@@ -25,10 +42,29 @@ impl Tansu {
     /// Starts the broker telling clients to connect to `advertised` (a proxy
     /// port) instead of its own.
     pub fn start_advertising(advertised: Option<u16>) -> Tansu {
-        let port = super::mosquitto::free_port();
+        Tansu::start_with(advertised, &[])
+    }
+
+    /// Starts the broker with extra command-line flags (e.g. `--authentication`).
+    pub fn start_with(advertised: Option<u16>, flags: &[&str]) -> Tansu {
+        Tansu::launch(&Launch {
+            program: "tansu",
+            install_hint: INSTALL_HINT,
+            cwd: None,
+            storage: "memory://tansu/",
+            port: None,
+            advertised,
+            flags,
+        })
+    }
+
+    /// Starts a tansu as `launch` says and waits for its "ready" line.
+    pub fn launch(launch: &Launch) -> Tansu {
+        let port = launch.port.unwrap_or_else(super::mosquitto::free_port);
         let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
-        let mut child = Command::new("tansu")
+        let advertised = format!("tcp://127.0.0.1:{}", launch.advertised.unwrap_or(port));
+        let mut command = Command::new(launch.program);
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -36,17 +72,32 @@ impl Tansu {
                 "--advertised-listener-url",
                 &advertised,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", launch.storage])
+            .args(launch.flags)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
+            .stderr(Stdio::null());
+        if let Some(cwd) = launch.cwd {
+            command.current_dir(cwd);
+        }
+        let hint = launch.install_hint;
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("{hint} ({e})"));
         let stdout = child.stdout.take().unwrap();
-        let rx = super::follow_output(stdout, |line| line.contains("ready"), |_| {});
-        rx.recv_timeout(Duration::from_secs(20))
+        // TANSU_LOG=1 prints the broker's log (set RUST_LOG for its level).
+        let show = std::env::var_os("TANSU_LOG").is_some();
+        let rx = super::follow_output(
+            stdout,
+            |line| line.contains("ready"),
+            move |line| {
+                if show {
+                    eprintln!("tansu: {line}");
+                }
+            },
+        );
+        rx.recv_timeout(Duration::from_secs(30))
             .expect("tansu did not become ready");
         Tansu {
             port,
+            program: launch.program.to_string(),
             child: Some(child),
         }
     }
@@ -58,7 +109,7 @@ impl Tansu {
 
     /// Creates a topic (tansu does not auto-create).
     pub fn create_topic(&self, topic: &str, partitions: u32) {
-        let status = Command::new("tansu")
+        let status = Command::new(&self.program)
             .args([
                 "topic",
                 "create",
@@ -70,6 +121,25 @@ impl Tansu {
             .status()
             .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
         assert!(status.success(), "tansu topic create {topic} failed");
+    }
+
+    /// Creates a SCRAM user (`mechanism`: scram256 or scram512); the broker
+    /// must run without `--authentication` (the command does not log in).
+    pub fn create_user(&self, name: &str, password: &str, mechanism: &str) {
+        let status = Command::new(&self.program)
+            .args(["user", "create", name, password])
+            .args(["--mechanism", mechanism])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .status()
+            .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
+        assert!(status.success(), "tansu user create {name} failed");
+    }
+
+    /// Stops the broker and waits until it exited.
+    pub fn stop(mut self) {
+        if let Some(child) = self.child.take() {
+            super::stop_within(child, Duration::from_secs(10));
+        }
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the broker.
@@ -107,12 +177,27 @@ pub fn consume(
     done: impl Fn(&[Record]) -> bool,
     secs: u64,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    consume_with(&[], address, topic, partitions, done, secs)
+}
+
+/// [`consume`] with extra client properties (TLS, SASL).
+pub fn consume_with(
+    properties: &[(String, String)],
+    address: &str,
+    topic: &str,
+    partitions: u32,
+    done: impl Fn(&[Record]) -> bool,
+    secs: u64,
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", address)
         .set("group.id", "amqp-bridge-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment

@@ -1,6 +1,15 @@
 //! Kafka sink (rdkafka `FutureProducer`): a record resolves only on its
-//! delivery report. acks=all and idempotence are on unless the properties say
-//! otherwise. A full local queue waits (backpressure), it is not a failure.
+//! delivery report. acks=all and idempotence are on unless the configuration
+//! says otherwise. A full local queue waits (backpressure), it is not a failure.
+//!
+//! `config` is the sink's YAML schema, `client` maps it onto librdkafka
+//! properties (TLS, SASL, compression), `context` receives librdkafka's logs
+//! and errors, `missing_topics` holds the grace period of unknown topics.
+
+pub mod client;
+pub mod config;
+mod context;
+mod missing_topics;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,97 +23,53 @@ use rdkafka::util::Timeout;
 use tokio::sync::watch;
 
 use super::{Outgoing, Sink, SinkBuildError, SinkError};
-use crate::config::KafkaSinkConfig;
+use client::redacted;
+use config::KafkaSinkConfig;
+use context::SinkContext;
+use missing_topics::MissingTopics;
 
-/// Properties the bridge always sets unless the sink's `properties` override them.
-const DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+/// The producer type: librdkafka's callbacks go through [`SinkContext`].
+type SinkProducer = FutureProducer<SinkContext>;
 
 /// A producer for one Kafka cluster.
 pub struct KafkaSink {
     name: Arc<str>,
     /// Kept to build a replacement producer; shared, never cloned per message.
     client: Arc<ClientConfig>,
+    context: SinkContext,
     /// Replaced when librdkafka reports a fatal error (e.g. an idempotent
     /// producer fenced after an epoch bump): a fatal producer fails every send
     /// from then on, so a new one (new producer id) takes over.
-    producer: Arc<RwLock<(u64, FutureProducer)>>,
+    producer: Arc<RwLock<(u64, SinkProducer)>>,
     ready: watch::Receiver<bool>,
     last_send: Arc<super::LastSend>,
     missing: Arc<MissingTopics>,
 }
 
-/// Topics the cluster called unknown, and since when: retried for a grace
-/// period before their copies count as failed for good.
-#[derive(Debug)]
-struct MissingTopics {
-    since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// True while `since` may hold an entry: a successful send (every
-    /// message) then skips the lock.
-    any: std::sync::atomic::AtomicBool,
-    grace: Duration,
-}
-
-/// More distinct missing topics than this and the oldest knowledge is
-/// dropped (each then gets a fresh grace period): the map stays bounded.
-const MAX_MISSING_TOPICS: usize = 10_000;
-
-impl MissingTopics {
-    /// Transient while `topic` has been missing for less than the grace period.
-    fn classify(&self, topic: &str, error: SinkError) -> SinkError {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.len() >= MAX_MISSING_TOPICS && !since.contains_key(topic) {
-            since.clear();
-        }
-        let first = *since
-            .entry(topic.to_string())
-            .or_insert_with(std::time::Instant::now);
-        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
-        if first.elapsed() < self.grace {
-            SinkError::Transient(format!(
-                "{error} (topic missing; retried for {:?})",
-                self.grace
-            ))
-        } else {
-            error
-        }
-    }
-
-    /// The topic took a record: forget it was missing.
-    fn found(&self, topic: &str) {
-        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        since.remove(topic);
-        if since.is_empty() {
-            self.any.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
 impl KafkaSink {
-    /// Creates the producer; `ready()` resolves once cluster metadata was fetched.
+    /// Creates the producer; `ready()` resolves once cluster metadata was
+    /// fetched (so a refused login or an untrusted certificate keeps the
+    /// sink, and with it the source, from starting).
     pub fn start(name: &str, config: &KafkaSinkConfig) -> Result<KafkaSink, SinkBuildError> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", config.brokers.join(","));
-        for (key, value) in DEFAULTS {
-            client.set(*key, *value);
-        }
-        for (key, value) in &config.properties.0 {
-            client.set(key, value);
-        }
-        let producer: FutureProducer = client.create().map_err(|e| SinkBuildError::Invalid {
+        let invalid = |message: String| SinkBuildError::Invalid {
             name: name.to_string(),
-            message: format!("Kafka producer: {}", redacted(&e, &client)),
-        })?;
+            message,
+        };
+        let client = client::client_config(config).map_err(invalid)?;
+        let context = SinkContext::new(Arc::from(name), client::secrets(&client));
+        let producer: SinkProducer = client
+            .create_with_context(context.clone())
+            .map_err(|e| invalid(format!("Kafka producer: {}", redacted(&e, &client))))?;
         let (ready_tx, ready) = watch::channel(false);
         let probe = producer.clone();
+        let probe_context = context.clone();
         let sink_name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let mut attempts = 0u32;
             while !ready_tx.is_closed() {
                 match probe.client().fetch_metadata(None, Duration::from_secs(5)) {
                     Ok(metadata) => {
+                        probe_context.clear_error();
                         tracing::info!(sink = %sink_name, brokers = metadata.brokers().len(), "Kafka metadata fetched");
                         ready_tx.send_replace(true);
                         return;
@@ -112,9 +77,13 @@ impl KafkaSink {
                     Err(e) => {
                         attempts += 1;
                         if attempts == 1 || attempts.is_multiple_of(12) {
-                            tracing::warn!(sink = %sink_name, error = %e, "Kafka cluster not reachable yet");
+                            let error = probe_context.last_error().unwrap_or_else(|| e.to_string());
+                            tracing::warn!(sink = %sink_name, %error, "Kafka cluster not reachable yet");
                         }
-                        std::thread::sleep(Duration::from_millis(500));
+                        // A metadata request makes librdkafka connect at
+                        // once, so the probe backs off itself: a refused login
+                        // or an untrusted certificate is not retried in a loop.
+                        std::thread::sleep(probe_backoff(attempts));
                     }
                 }
             }
@@ -122,30 +91,32 @@ impl KafkaSink {
         Ok(KafkaSink {
             name: Arc::from(name),
             client: Arc::new(client),
+            context,
             producer: Arc::new(RwLock::new((0, producer))),
             ready,
             last_send: super::LastSend::new(),
-            missing: Arc::new(MissingTopics {
-                since: Default::default(),
-                any: Default::default(),
-                grace: config.topic_missing_grace.0,
-            }),
+            missing: Arc::new(MissingTopics::new(config.topic_missing_grace.0)),
         })
     }
-}
 
-impl KafkaSink {
-    fn current(&self) -> (u64, FutureProducer) {
+    fn current(&self) -> (u64, SinkProducer) {
         let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
     }
 }
 
+/// Wait after the `attempts`-th failed metadata probe: 500 ms doubling to 10 s.
+fn probe_backoff(attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(5);
+    Duration::from_millis(500 << shift).min(Duration::from_secs(10))
+}
+
 /// Swaps in a new producer unless another send already did.
 fn replace_fatal(
-    shared: &RwLock<(u64, FutureProducer)>,
+    shared: &RwLock<(u64, SinkProducer)>,
     generation: u64,
     client: &ClientConfig,
+    context: &SinkContext,
     name: &str,
     reason: &str,
 ) {
@@ -153,7 +124,7 @@ fn replace_fatal(
     if guard.0 != generation {
         return;
     }
-    match client.create::<FutureProducer>() {
+    match client.create_with_context::<_, SinkProducer>(context.clone()) {
         Ok(fresh) => {
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
             *guard = (generation + 1, fresh);
@@ -163,22 +134,6 @@ fn replace_fatal(
             tracing::error!(sink = %name, %error, "cannot replace the Kafka producer");
         }
     }
-}
-
-/// The error's text with the value of every secret-looking property masked:
-/// librdkafka may quote a value it rejects.
-fn redacted(error: &KafkaError, client: &ClientConfig) -> String {
-    let mut text = error.to_string();
-    // config_map() masks only librdkafka's own list of sensitive keys; ours
-    // is wider, so read the real values.
-    for key in client.config_map().into_keys() {
-        if let Some(value) = client.get(key).filter(|v| !v.is_empty()) {
-            if crate::config::is_secret_property(key) {
-                text = text.replace(value, "***");
-            }
-        }
-    }
-    text
 }
 
 /// Record headers: the platform's three properties, or all with `headers: all`;
@@ -225,9 +180,10 @@ pub fn classify(error: &KafkaError) -> SinkError {
 async fn send_record(
     message: &Outgoing,
     generation: u64,
-    producer: FutureProducer,
-    shared: &Arc<RwLock<(u64, FutureProducer)>>,
+    producer: SinkProducer,
+    shared: &Arc<RwLock<(u64, SinkProducer)>>,
     client: &ClientConfig,
+    context: &SinkContext,
     name: &str,
 ) -> Result<(), (SinkError, bool)> {
     let topic = message.topic.clone().unwrap_or_default();
@@ -247,7 +203,7 @@ async fn send_record(
         Ok(_) => Ok(()),
         Err((error, _)) => {
             if let Some(fatal) = producer.client().fatal_error() {
-                replace_fatal(shared, generation, client, name, &fatal.1);
+                replace_fatal(shared, generation, client, context, name, &fatal.1);
                 return Err((
                     SinkError::Transient(format!("producer replaced after fatal error: {error}")),
                     false,
@@ -271,20 +227,23 @@ impl Sink for KafkaSink {
         let (generation, producer) = self.current();
         let shared = self.producer.clone();
         let client = Arc::clone(&self.client);
+        let context = self.context.clone();
         let name = Arc::clone(&self.name);
         let last_send = Arc::clone(&self.last_send);
         let missing = Arc::clone(&self.missing);
         Box::pin(async move {
-            let result = send_record(&message, generation, producer, &shared, &client, &name)
-                .await
-                .map_err(|(error, unknown_topic)| {
-                    let topic = message.topic.as_deref().unwrap_or_default();
-                    if unknown_topic {
-                        missing.classify(topic, error)
-                    } else {
-                        error
-                    }
-                });
+            let result = send_record(
+                &message, generation, producer, &shared, &client, &context, &name,
+            )
+            .await
+            .map_err(|(error, unknown_topic)| {
+                let topic = message.topic.as_deref().unwrap_or_default();
+                if unknown_topic {
+                    missing.classify(topic, error)
+                } else {
+                    error
+                }
+            });
             if result.is_ok() {
                 missing.found(message.topic.as_deref().unwrap_or_default());
             }
@@ -309,6 +268,10 @@ impl Sink for KafkaSink {
         super::until_ready(&self.ready)
     }
 
+    fn not_ready_reason(&self) -> Option<String> {
+        self.context.last_error()
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         let (_, producer) = self.current();
         Box::pin(async move {
@@ -326,31 +289,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_topics_get_a_grace_period_and_stay_bounded() {
-        let missing = MissingTopics {
-            since: Default::default(),
-            any: Default::default(),
-            grace: Duration::from_secs(60),
-        };
-        let refused = || SinkError::Permanent("unknown topic".into());
-        assert!(matches!(
-            missing.classify("t", refused()),
-            SinkError::Transient(_)
-        ));
-        missing.found("t");
-        for i in 0..(3 * MAX_MISSING_TOPICS) {
-            let _ = missing.classify(&format!("t{i}"), refused());
-        }
-        assert!(missing.since.lock().unwrap().len() <= MAX_MISSING_TOPICS);
-        let expired = MissingTopics {
-            since: Default::default(),
-            any: Default::default(),
-            grace: Duration::ZERO,
-        };
-        assert!(matches!(
-            expired.classify("t", refused()),
-            SinkError::Permanent(_)
-        ));
+    fn the_metadata_probe_backs_off() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|a| probe_backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
     }
 
     #[test]
