@@ -42,7 +42,9 @@ enum Delivery {
     Confirmed,
     /// It failed for good and the dead-letter sink confirmed it.
     DeadLettered,
-    /// Neither, for now (retries gave up): the message must be released.
+    /// Not confirmed, but not hopeless: shutdown cut its retries short, or
+    /// they ran past `retry.max_elapsed` with no dead-letter sink. The
+    /// message is released.
     Failed,
     /// It failed for good and there is no dead-letter sink: the message gets
     /// the configured undeliverable outcome.
@@ -274,13 +276,14 @@ impl Pipeline {
         target: &Target,
         envelope: &Arc<Envelope>,
     ) -> Delivery {
-        let error = match self.deliver(route, target, envelope).await {
+        let (error, without_dead_letter) = match self.deliver(route, target, envelope).await {
             Ok(()) => return Delivery::Confirmed,
             Err(SinkError::Transient(_)) => return Delivery::Failed,
-            Err(SinkError::Permanent(error)) => error,
+            Err(SinkError::Permanent(error)) => (error, Delivery::Undeliverable),
+            Err(SinkError::GaveUp(error)) => (error, Delivery::Failed),
         };
         let Some(dead_letter) = self.dead_letter else {
-            return Delivery::Undeliverable;
+            return without_dead_letter;
         };
         let message = Outgoing {
             envelope: envelope.clone(),
@@ -386,20 +389,22 @@ impl Pipeline {
                 }
                 Err(e) => e,
             };
-            let give_up = match &error {
-                SinkError::Permanent(_) => true,
-                SinkError::Transient(_) => self
+            let timed_out = matches!(error, SinkError::Transient(_))
+                && self
                     .retry
                     .max_elapsed
-                    .is_some_and(|max| started.elapsed() >= max.0),
-            };
+                    .is_some_and(|max| started.elapsed() >= max.0);
             if matches!(error, SinkError::Transient(_)) {
                 metrics.transient.inc();
             }
-            if give_up {
+            if timed_out || !matches!(error, SinkError::Transient(_)) {
                 metrics.permanent.inc();
                 tracing::warn!(route, sink = sink.name(), %error, message_id = envelope.message_id(), "target failed");
-                return Err(SinkError::Permanent(error.to_string()));
+                return Err(if timed_out {
+                    SinkError::GaveUp(error.to_string())
+                } else {
+                    error
+                });
             }
             metrics.retries.inc();
             let delay = backoff.next_delay();

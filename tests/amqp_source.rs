@@ -173,6 +173,8 @@ async fn ten_thousand_messages_reach_mosquitto_and_the_queue_ends_empty() {
     let elapsed = started.elapsed();
     let m = bridge.metrics().clone();
     bridge.shutdown().await;
+    // Steady flow, nothing failing: each message received and accepted once.
+    assert_eq!((m.received(), m.accepted()), (N, N), "(received, accepted)");
     eprintln!(
         "end: received {}, accepted {}, released {}, unsettled {}, reconnects {}",
         m.received(),
@@ -345,10 +347,20 @@ async fn queue_depth_becomes(
     want: (u64, u64),
     secs: u64,
 ) -> (u64, u64) {
+    queue_depth_of(rabbit, "iot", want, secs).await
+}
+
+/// As [`queue_depth_becomes`], for any queue.
+async fn queue_depth_of(
+    rabbit: &std::sync::Arc<RabbitMq>,
+    queue: &'static str,
+    want: (u64, u64),
+    secs: u64,
+) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let r = rabbit.clone();
-        let depth = tokio::task::spawn_blocking(move || r.queue_depth("iot"))
+        let depth = tokio::task::spawn_blocking(move || r.queue_depth(queue))
             .await
             .unwrap();
         if depth == want || Instant::now() >= deadline {
@@ -398,12 +410,8 @@ async fn undeliverable_run(
     subscriber.wait_for_total(N / 2, 60).await;
     let rabbit = std::sync::Arc::new(rabbit);
     let main = queue_depth_becomes(&rabbit, (0, 0), 30).await;
-    let dead = tokio::task::spawn_blocking({
-        let r = rabbit.clone();
-        move || r.queue_depth("iot-dead")
-    })
-    .await
-    .unwrap();
+    // RabbitMQ moves dead letters asynchronously: wait for all of them.
+    let dead = queue_depth_of(&rabbit, "iot-dead", (N / 2, 0), 30).await;
     let metrics = bridge.metrics().clone();
     bridge.shutdown().await;
     (metrics, subscriber, main, dead)
@@ -793,7 +801,7 @@ async fn tls_with_plain_and_with_sasl_external_and_refusals() {
     .await;
 
     // RabbitMQ 3.10 does not speak the AMQP TLS header on either listener:
-    // `alt_tls_establishment: false` (the default) cannot connect to it.
+    // `alt_tls_establishment: false` cannot connect to it.
     never_connects(
         &tls_yaml(&rabbit, broker.port, &pki.ca, plain, None, false),
         3,

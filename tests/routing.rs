@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
@@ -482,7 +483,12 @@ async fn undeliverable_messages_get_the_configured_outcome_without_a_dead_letter
         ];
         let messages = dir.path().join("messages.jsonl");
         std::fs::write(&messages, lines.join("\n")).unwrap();
-        let emulator = emulator(|c| c.messages = Some(messages.clone())).await;
+        // No redelivery within the test: each outcome is given exactly once.
+        let emulator = emulator(|c| {
+            c.messages = Some(messages.clone());
+            c.redeliver_after = Duration::from_secs(600);
+        })
+        .await;
         let out = dir.path().join("out.jsonl");
         let source = source_yaml(
             &emulator,
@@ -506,17 +512,23 @@ async fn undeliverable_messages_get_the_configured_outcome_without_a_dead_letter
         bridge.shutdown().await;
         let stats = emulator.shutdown().await;
         assert_eq!(
-            (stats.rejected.min(1), stats.modified.min(1), stats.released),
-            (rejected, modified, 0),
+            (
+                stats.accepted,
+                stats.rejected,
+                stats.modified,
+                stats.released
+            ),
+            (1, rejected, modified, 0),
             "{outcome}: {stats:?}"
         );
         assert_eq!(
             (
-                metrics.rejected().min(1),
-                metrics.modified().min(1),
+                metrics.accepted(),
+                metrics.rejected(),
+                metrics.modified(),
                 metrics.released()
             ),
-            (rejected, modified, 0),
+            (1, rejected, modified, 0),
             "{outcome}"
         );
         assert_eq!(metrics.undecodable(), 0);
@@ -526,4 +538,51 @@ async fn undeliverable_messages_get_the_configured_outcome_without_a_dead_letter
             .collect();
         assert_eq!(bodies, ["fills"], "{outcome}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_running_past_max_elapsed_release_even_with_undeliverable_rejected() {
+    // `undeliverable_outcome` is for messages that cannot be delivered, not
+    // for a broker that is down: a copy still failing after
+    // retry.max_elapsed (no dead-letter sink) is released for redelivery.
+    let mut broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "routing-sub-gaveup", "g/#").await;
+    let emulator = emulator(|c| {
+        c.count = 200;
+        c.redeliver_after = Duration::from_millis(200);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(
+        &emulator,
+        dir.path(),
+        "bridge-gaveup",
+        "  undeliverable_outcome: rejected\n",
+    );
+    let text = format!(
+        "{source}sinks:\n  m: {{ kind: mqtt, url: \"mqtt://127.0.0.1:{port}\", client_id: gaveup-out }}\n\
+         routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: m, topic: \"g/{{messageId}}\", qos: 1 }} ] }}\n\
+         retry: {{ initial: 20ms, max: 50ms, max_elapsed: 300ms }}\n",
+        port = broker.port,
+    );
+    let config = Config::parse(&text, Path::new("gaveup.yaml"), |_| None).unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    subscriber.wait_for_total(20, 30).await;
+    broker.kill();
+    eventually("copies given up and released", 30, || {
+        emulator.stats().snapshot().released >= 1
+    })
+    .await;
+    broker.start_again();
+    within(120, "all accepted", emulator.all_accepted()).await;
+    let metrics = bridge.metrics().clone();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!(
+        (stats.accepted, stats.rejected, stats.modified),
+        (200, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!((metrics.rejected(), metrics.modified()), (0, 0));
+    assert!(metrics.released() >= 1);
 }

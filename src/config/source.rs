@@ -141,7 +141,7 @@ pub struct SourceConfig {
     pub address: String,
     /// amqp: how to log in; aliyun: always PLAIN with a signed password.
     pub sasl: SaslMechanism,
-    /// amqp: SASL PLAIN user; absent = ANONYMOUS.
+    /// amqp: SASL PLAIN user (with `sasl: plain`, the default when given).
     pub username: Option<String>,
     /// amqp: SASL PLAIN password.
     pub password: Option<Secret>,
@@ -450,8 +450,8 @@ struct SourceView<'a> {
     alt_tls_establishment: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic_from: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    filters: Vec<(&'a str, &'a SourceFilter)>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    filters: std::collections::BTreeMap<&'a str, &'a SourceFilter>,
     connections: u16,
     credit: u32,
     credit_refill: CreditRefill,

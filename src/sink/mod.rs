@@ -111,7 +111,9 @@ impl LastSend {
         use std::sync::atomic::Ordering;
         match result {
             Ok(()) => self.0.store(true, Ordering::Relaxed),
-            Err(SinkError::Transient(_)) => self.0.store(false, Ordering::Relaxed),
+            Err(SinkError::Transient(_) | SinkError::GaveUp(_)) => {
+                self.0.store(false, Ordering::Relaxed)
+            }
             Err(SinkError::Permanent(_)) => {}
         }
     }
@@ -151,6 +153,12 @@ pub enum SinkError {
     /// Retrying cannot help: too large, invalid topic, not authorized.
     #[error("{0}")]
     Permanent(String),
+    /// Still failing transiently after `retry.max_elapsed` (set by the
+    /// pipeline, never by a sink): dead-lettered if there is a dead-letter
+    /// sink, else released — never the undeliverable outcome, because the
+    /// message itself may be fine.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// An egress destination.

@@ -1,5 +1,5 @@
-//! Opening one AMQP 1.0 connection: TCP, TLS (straight away as the platform
-//! expects, or after the AMQP TLS protocol header, the usual way), then SASL
+//! Opening one AMQP 1.0 connection: TCP, TLS (straight away, as on port
+//! 5671, or after the AMQP TLS protocol header, the spec's upgrade), then SASL
 //! (PLAIN, ANONYMOUS, EXTERNAL or none) and Open.
 
 use std::sync::Arc;
@@ -19,8 +19,8 @@ pub struct ConnectOptions {
     /// `None` = plain TCP (local brokers only).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// With `tls`: exchange the AMQP TLS protocol header (`AMQP 2 1 0 0`)
-    /// before the TLS handshake (the usual way) instead of starting TLS
-    /// straight away (the IoT Platform's way).
+    /// before the TLS handshake (the spec's upgrade) instead of starting TLS
+    /// straight away (port 5671 on most brokers, the IoT Platform).
     pub tls_header: bool,
     pub container_id: String,
     pub login: Login,

@@ -54,16 +54,10 @@ pub const AMQP_FIELDS: [&str; 11] = [
 /// `None` for a body with no byte form (an AMQP sequence, a compound value).
 pub fn to_envelope(delivery: Delivery<Body<Value>>, reading: &Reading) -> Option<Envelope> {
     let message = delivery.into_message();
-    let mut properties: Vec<(String, String)> = message
-        .application_properties
-        .map(|props| {
-            props
-                .0
-                .into_iter()
-                .map(|(k, v)| (k, simple_text(v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    // The AMQP metadata goes first: a property is looked up by its first
+    // occurrence, so an application property named `amqp.subject` cannot
+    // pass for the real subject in a predicate, template or dedup key.
+    let mut properties: Vec<(String, String)> = Vec::new();
     if reading.metadata {
         if let Some(amqp) = message.properties {
             amqp_properties(amqp, &mut properties);
@@ -80,7 +74,13 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>, reading: &Reading) -> Option
             }
         }
     }
-    if !reading.topic_from.is_empty() && !properties.iter().any(|(k, _)| k == "topic") {
+    if let Some(application) = message.application_properties {
+        properties.extend(application.0.into_iter().map(|(k, v)| (k, simple_text(v))));
+    }
+    let has_topic = properties
+        .iter()
+        .any(|(k, v)| k == "topic" && !v.is_empty());
+    if !reading.topic_from.is_empty() && !has_topic {
         let topic = reading.topic_from.iter().find_map(|field| match field {
             TopicField::Fixed(text) => Some(text.clone()),
             TopicField::Property(name) => properties
@@ -89,6 +89,9 @@ pub fn to_envelope(delivery: Delivery<Body<Value>>, reading: &Reading) -> Option
                 .map(|(_, v)| v.clone()),
         });
         if let Some(topic) = topic {
+            // An empty `topic` property counts as absent: the found one
+            // takes its place.
+            properties.retain(|(k, _)| k != "topic");
             properties.push(("topic".to_string(), topic));
         }
     }
@@ -146,20 +149,22 @@ fn message_id_text(id: MessageId) -> String {
     match id {
         MessageId::String(s) => s,
         MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => {
-            let b = u.as_inner();
-            let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
-            format!(
-                "{}-{}-{}-{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            )
-        }
+        MessageId::Uuid(u) => uuid_text(u.as_inner()),
         MessageId::Binary(b) => base64(b.as_slice()),
     }
+}
+
+/// A UUID in its usual hyphenated lowercase form.
+fn uuid_text(b: &[u8; 16]) -> String {
+    let hex: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -198,6 +203,7 @@ fn scalar_text(value: Value) -> Option<String> {
         Value::Double(v) => v.to_string(),
         Value::Char(v) => v.to_string(),
         Value::Timestamp(t) => t.milliseconds().to_string(),
+        Value::Uuid(u) => uuid_text(u.as_inner()),
         _ => return None,
     })
 }
@@ -221,6 +227,7 @@ fn simple_text(value: SimpleValue) -> String {
         SimpleValue::Timestamp(t) => t.milliseconds().to_string(),
         SimpleValue::Binary(b) => base64(b.as_slice()),
         SimpleValue::Null => String::new(),
+        SimpleValue::Uuid(u) => uuid_text(u.as_inner()),
         other => format!("{other:?}"),
     }
 }

@@ -264,6 +264,10 @@ mod tests {
         );
         assert!(printed.contains("color = 'red'"), "{printed}");
         assert!(printed.contains("77567109365761"), "{printed}");
-        assert!(config.to_redacted_yaml().contains("jms-selector"));
+        let printed = config.to_redacted_yaml();
+        assert!(printed.contains("jms-selector"), "{printed}");
+        // What `check` prints reads back to the same filters.
+        let again = Config::parse(&printed, Path::new("printed.yaml"), |_| None).unwrap();
+        assert_eq!(again.source.filters, config.source.filters);
     }
 }

@@ -251,6 +251,9 @@ impl Producer {
             SinkError::Permanent(m) => {
                 SinkError::Permanent(format!("{} ({topic}): {m}", queue.broker_name))
             }
+            SinkError::GaveUp(m) => {
+                SinkError::GaveUp(format!("{} ({topic}): {m}", queue.broker_name))
+            }
         })
     }
 }
