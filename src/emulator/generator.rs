@@ -17,10 +17,16 @@ pub struct PlatformMessage {
     pub section: BodySection,
     /// `None` sends no `messageId` property at all (replayed `"messageId": null`).
     pub message_id: Option<String>,
+    /// Empty with `topic_absent`: no `topic` property is sent.
     pub topic: String,
     pub generate_time: i64,
     pub body: Bytes,
     pub extra_properties: Vec<(String, String)>,
+    /// Application properties of other AMQP types (replayed
+    /// `"typed_properties"`), to show the bridge every type a source may send.
+    pub typed_properties: Vec<(String, fe2o3_amqp::types::primitives::SimpleValue)>,
+    /// Send no `topic` property (replayed `"topic": null`).
+    pub topic_absent: bool,
 }
 
 /// How a message's body is put into AMQP body sections: the platform sends
@@ -164,6 +170,8 @@ impl MessageSource for Generator {
             generate_time: now,
             body: Bytes::from(body.to_string()),
             extra_properties: Vec::new(),
+            typed_properties: Vec::new(),
+            topic_absent: false,
         })
     }
 }
@@ -188,14 +196,33 @@ impl FileMessages {
             }
             let at = |e: &dyn std::fmt::Display| format!("{}:{}: {e}", path.display(), index + 1);
             let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| at(&e))?;
-            let topic = value["topic"]
-                .as_str()
-                .ok_or_else(|| at(&"missing string `topic`"))?
-                .to_string();
-            let body = match &value["body"] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => String::new(),
-                other => other.to_string(),
+            let topic_absent = value.get("topic").is_some_and(|t| t.is_null());
+            let topic = match value["topic"].as_str() {
+                Some(topic) => topic.to_string(),
+                None if topic_absent => String::new(),
+                None => return Err(at(&"missing string `topic` (null sends none)")),
+            };
+            let body: Vec<u8> = if let Some(size) = value["body_size"].as_u64() {
+                // A large body made here rather than written into the file.
+                vec![b'x'; usize::try_from(size).map_err(|e| at(&e))?]
+            } else if let Some(encoded) = value["body_base64"].as_str() {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| at(&e))?
+            } else {
+                match &value["body"] {
+                    serde_json::Value::String(s) => s.clone().into_bytes(),
+                    serde_json::Value::Null => Vec::new(),
+                    other => other.to_string().into_bytes(),
+                }
+            };
+            let typed_properties = match value["typed_properties"].as_object() {
+                Some(map) => map
+                    .iter()
+                    .map(|(k, v)| typed_value(v).map(|v| (k.clone(), v)).map_err(|e| at(&e)))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => Vec::new(),
             };
             let generated = ids
                 .next_message()
@@ -240,6 +267,8 @@ impl FileMessages {
                     .unwrap_or(generated.generate_time),
                 body: Bytes::from(body),
                 extra_properties,
+                typed_properties,
+                topic_absent,
             });
             if limit != 0 && messages.len() as u64 >= limit {
                 break;
@@ -296,4 +325,64 @@ mod tests {
         }
         assert_eq!(msgs[0].message_id.as_deref().map(str::len), Some(19));
     }
+}
+
+/// A replayed typed property, written `{"TYPE": VALUE}`: bool, ubyte,
+/// ushort, uint, ulong, byte, short, int, long, float, double, char,
+/// timestamp (ms), uuid (hyphenated), binary (base64), symbol, string, null.
+fn typed_value(
+    value: &serde_json::Value,
+) -> Result<fe2o3_amqp::types::primitives::SimpleValue, String> {
+    use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp};
+    let (kind, v) = value
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .ok_or("a typed property is {\"TYPE\": VALUE}")?;
+    let int = || v.as_i64().ok_or(format!("`{kind}` needs an integer"));
+    let uint = || {
+        v.as_u64()
+            .ok_or(format!("`{kind}` needs an unsigned integer"))
+    };
+    let float = || v.as_f64().ok_or(format!("`{kind}` needs a number"));
+    let text = || v.as_str().ok_or(format!("`{kind}` needs a string"));
+    let range = |e: std::num::TryFromIntError| format!("`{kind}`: {e}");
+    Ok(match kind.as_str() {
+        "bool" => SimpleValue::Bool(v.as_bool().ok_or("`bool` needs true or false")?),
+        "ubyte" => SimpleValue::Ubyte(u8::try_from(uint()?).map_err(range)?),
+        "ushort" => SimpleValue::Ushort(u16::try_from(uint()?).map_err(range)?),
+        "uint" => SimpleValue::Uint(u32::try_from(uint()?).map_err(range)?),
+        "ulong" => SimpleValue::Ulong(uint()?),
+        "byte" => SimpleValue::Byte(i8::try_from(int()?).map_err(range)?),
+        "short" => SimpleValue::Short(i16::try_from(int()?).map_err(range)?),
+        "int" => SimpleValue::Int(i32::try_from(int()?).map_err(range)?),
+        "long" => SimpleValue::Long(int()?),
+        "float" => SimpleValue::from(float()? as f32),
+        "double" => SimpleValue::from(float()?),
+        "char" => SimpleValue::Char(text()?.chars().next().ok_or("`char` needs one character")?),
+        "timestamp" => SimpleValue::Timestamp(Timestamp::from_milliseconds(int()?)),
+        "uuid" => {
+            let hex: String = text()?.chars().filter(|c| *c != '-').collect();
+            let mut bytes = [0u8; 16];
+            if hex.len() != 32 {
+                return Err("`uuid` needs 32 hex digits".into());
+            }
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte =
+                    u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+            }
+            SimpleValue::Uuid(bytes.into())
+        }
+        "binary" => {
+            use base64::Engine as _;
+            SimpleValue::Binary(Binary::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text()?)
+                    .map_err(|e| e.to_string())?,
+            ))
+        }
+        "symbol" => SimpleValue::Symbol(Symbol::from(text()?)),
+        "string" => SimpleValue::String(text()?.to_string()),
+        "null" => SimpleValue::Null,
+        other => return Err(format!("unknown property type `{other}`")),
+    })
 }

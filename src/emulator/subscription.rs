@@ -104,14 +104,19 @@ impl Pending {
     /// The AMQP message: binary body and the platform's application properties.
     pub fn to_amqp(&self) -> Message<Body<Value>> {
         let m = &self.message;
-        let mut props =
-            ApplicationProperties::builder().insert("topic", SimpleValue::String(m.topic.clone()));
+        let mut props = ApplicationProperties::builder();
+        if !m.topic_absent {
+            props = props.insert("topic", SimpleValue::String(m.topic.clone()));
+        }
         if let Some(id) = &m.message_id {
             props = props.insert("messageId", SimpleValue::String(id.clone()));
         }
         props = props.insert("generateTime", SimpleValue::Long(m.generate_time));
         for (k, v) in &m.extra_properties {
             props = props.insert(k.as_str(), SimpleValue::String(v.clone()));
+        }
+        for (k, v) in &m.typed_properties {
+            props = props.insert(k.as_str(), v.clone());
         }
         let text = || Value::String(String::from_utf8_lossy(&m.body).into_owned());
         let body = match m.section {

@@ -228,6 +228,9 @@ fn simple_text(value: SimpleValue) -> String {
         SimpleValue::Binary(b) => base64(b.as_slice()),
         SimpleValue::Null => String::new(),
         SimpleValue::Uuid(u) => uuid_text(u.as_inner()),
+        SimpleValue::Char(c) => c.to_string(),
+        // Decimal32/64/128: IEEE 754 decimal bits, which no Rust type here
+        // reads; their debug text at least keeps the bits.
         other => format!("{other:?}"),
     }
 }

@@ -34,7 +34,7 @@ impl Subscriber {
         options
             .set_clean_session(false)
             .set_keep_alive(Duration::from_secs(5))
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(32 << 20, 32 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let counts = Arc::new(Mutex::new(HashMap::new()));
