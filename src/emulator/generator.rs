@@ -296,37 +296,6 @@ impl MessageSource for FileMessages {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generator_covers_the_platform_topics_and_stops_at_count() {
-        let mut g = Generator::new(40);
-        let msgs: Vec<_> = std::iter::from_fn(|| g.next_message()).collect();
-        assert_eq!(msgs.len(), 40);
-        let ids: std::collections::HashSet<_> = msgs.iter().map(|m| &m.message_id).collect();
-        assert_eq!(ids.len(), 40);
-        for suffix in [
-            "/thing/event/property/post",
-            "/thing/event/alarm/post",
-            "/thing/lifecycle",
-            "/thing/topo/lifecycle",
-        ] {
-            assert!(msgs.iter().any(|m| m.topic.ends_with(suffix)), "{suffix}");
-        }
-        let status = msgs
-            .iter()
-            .find(|m| m.topic.starts_with("/as/mqtt/status/"))
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
-        for key in ["status", "time", "utcTime", "lastTime"] {
-            assert!(body.get(key).is_some(), "{key} in {body}");
-        }
-        assert_eq!(msgs[0].message_id.as_deref().map(str::len), Some(19));
-    }
-}
-
 /// A replayed typed property, written `{"TYPE": VALUE}`: bool, ubyte,
 /// ushort, uint, ulong, byte, short, int, long, float, double, char,
 /// timestamp (ms), uuid (hyphenated), binary (base64), symbol, string, null.
@@ -385,4 +354,35 @@ fn typed_value(
         "null" => SimpleValue::Null,
         other => return Err(format!("unknown property type `{other}`")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_covers_the_platform_topics_and_stops_at_count() {
+        let mut g = Generator::new(40);
+        let msgs: Vec<_> = std::iter::from_fn(|| g.next_message()).collect();
+        assert_eq!(msgs.len(), 40);
+        let ids: std::collections::HashSet<_> = msgs.iter().map(|m| &m.message_id).collect();
+        assert_eq!(ids.len(), 40);
+        for suffix in [
+            "/thing/event/property/post",
+            "/thing/event/alarm/post",
+            "/thing/lifecycle",
+            "/thing/topo/lifecycle",
+        ] {
+            assert!(msgs.iter().any(|m| m.topic.ends_with(suffix)), "{suffix}");
+        }
+        let status = msgs
+            .iter()
+            .find(|m| m.topic.starts_with("/as/mqtt/status/"))
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+        for key in ["status", "time", "utcTime", "lastTime"] {
+            assert!(body.get(key).is_some(), "{key} in {body}");
+        }
+        assert_eq!(msgs[0].message_id.as_deref().map(str::len), Some(19));
+    }
 }
