@@ -63,16 +63,21 @@ tansu --version
 # from crates.io with SQLite storage into its own prefix, so the other tests
 # keep the prebuilt one.
 tansu_sql_root=/usr/local/lib/tansu-sql
-if [ ! -x "$tansu_sql_root/bin/tansu" ]; then
-  echo "install-test-deps: building tansu 0.6.0 with SQLite storage (once, about 15 minutes)"
+tansu_sql_version=0.6.0
+# Rebuilt when missing or another version (a version bump here rebuilds it).
+if ! "$tansu_sql_root/bin/tansu" --version 2>/dev/null | grep -qF "$tansu_sql_version"; then
+  echo "install-test-deps: building tansu $tansu_sql_version with SQLite storage (~12 min, once per machine)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   staging=$(mktemp -d)
-  cargo install tansu@0.6.0 --locked --features libsql --debug --quiet --root "$staging"
+  # A failed or interrupted build leaves no staging directory behind.
+  trap 'rm -rf "$staging"' EXIT
+  cargo install "tansu@$tansu_sql_version" --locked --features libsql --debug --root "$staging"
   $SUDO install -D -m 0755 "$staging/bin/tansu" "$tansu_sql_root/bin/tansu"
   rm -rf "$staging"
+  trap - EXIT
 fi
-echo "install-test-deps: tansu with SQLite storage present"
+echo "install-test-deps: tansu with SQLite storage present ($("$tansu_sql_root/bin/tansu" --version))"
 
 # A RocketMQ name server and broker: rocketmq-rust 1.0.0, built once from
 # crates.io (debug: about 9 minutes on 2 cores; release: about 40 — the tests

@@ -543,7 +543,8 @@ fn kafka_settings_that_break_the_delivery_contract_are_refused_or_warned() {
     let (line, message) = kafka_error("    acks: 0\n");
     assert_eq!(line, 16);
     assert!(message.contains("`acks: 0` is refused"), "{message}");
-    let (_, message) = kafka_error("    acks: 1\n");
+    let (line, message) = kafka_error("    acks: 1\n");
+    assert_eq!(line, 16, "at the acks key, not the sink");
     assert!(
         message.contains("`acks: 1` needs `idempotence: false`"),
         "{message}"
@@ -566,4 +567,96 @@ fn kafka_settings_that_break_the_delivery_contract_are_refused_or_warned() {
     ] {
         assert!(warnings.contains(expected), "{expected}: {warnings}");
     }
+}
+
+#[test]
+fn raw_kafka_properties_cannot_turn_acks_off() {
+    for body in [
+        "    properties:\n      acks: \"0\"\n",
+        "    properties:\n      request.required.acks: 0\n",
+    ] {
+        let (line, message) = kafka_error(body);
+        assert_eq!(line, 17, "{body}");
+        assert!(
+            message.contains("sinks.k.properties.") && message.contains("acks: 0` is refused"),
+            "{message}"
+        );
+    }
+    // acks 1 raw is allowed, and warned about without claiming acks=0 wording.
+    let config = parse(&with_kafka(
+        "    properties:\n      acks: \"1\"\n      enable.idempotence: \"false\"\n",
+    ))
+    .unwrap();
+    let warnings = config.delivery_warnings().join("\n");
+    assert!(
+        warnings.contains("sinks.k.properties.acks: 1 — a record counts as delivered once"),
+        "{warnings}"
+    );
+    assert!(
+        warnings
+            .contains("sinks.k.properties.enable.idempotence: false — librdkafka's own retries"),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn raw_kafka_properties_that_undo_tls_or_sasl_are_warned_about() {
+    let secure = "    tls: {}\n    sasl: { mechanism: SCRAM-SHA-256, username: u, password: p }\n";
+    let warnings = |raw: &str| {
+        parse(&with_kafka(&format!("{secure}    properties:\n{raw}")))
+            .unwrap()
+            .delivery_warnings()
+            .join("\n")
+    };
+    let text = warnings("      security.protocol: plaintext\n");
+    assert!(
+        text.contains("sinks.k.properties.security.protocol: plaintext — overrides `tls`")
+            && text.contains("SASL password"),
+        "{text}"
+    );
+    let text = warnings("      security.protocol: SSL\n");
+    assert!(text.contains("overrides `sasl`"), "{text}");
+    let text = warnings("      enable.ssl.certificate.verification: \"false\"\n");
+    assert!(
+        text.contains("sinks.k.properties.enable.ssl.certificate.verification: false")
+            && text.contains("not verified"),
+        "{text}"
+    );
+    for value in ["none", "\"\""] {
+        let text = warnings(&format!(
+            "      ssl.endpoint.identification.algorithm: {value}\n"
+        ));
+        assert!(
+            text.contains("sinks.k.properties.ssl.endpoint.identification.algorithm")
+                && text.contains("host name"),
+            "{value}: {text}"
+        );
+    }
+    assert_eq!(warnings("      security.protocol: SASL_SSL\n"), "");
+}
+
+#[test]
+fn kafka_linger_and_reconnect_backoff_are_checked_against_their_partners() {
+    let (_, message) = kafka_error("    linger: 10s\n    delivery_timeout: 5s\n");
+    assert!(
+        message.contains("`linger`") && message.contains("must be shorter than `delivery_timeout`"),
+        "{message}"
+    );
+    let (_, message) = kafka_error("    linger: 6m\n");
+    assert!(
+        message.contains("delivery_timeout (default 5m)"),
+        "{message}"
+    );
+    let (_, message) =
+        kafka_error("    delivery_timeout: 2s\n    properties: { linger.ms: \"3000\" }\n");
+    assert!(message.contains("`properties.linger.ms`"), "{message}");
+    parse(&with_kafka("    linger: 1s\n    delivery_timeout: 2s\n")).unwrap();
+    let (_, message) = kafka_error(
+        "    properties: { reconnect.backoff.ms: \"2000\", reconnect.backoff.max.ms: \"500\" }\n",
+    );
+    assert!(message.contains("reconnect.backoff.max.ms"), "{message}");
+    parse(&with_kafka(
+        "    properties: { reconnect.backoff.max.ms: \"500\" }\n",
+    ))
+    .unwrap();
 }

@@ -231,6 +231,9 @@ struct Skeleton {
 struct KindOnly {
     #[serde(default)]
     kind: Option<yaml_serde::Value>,
+    /// Kafka's `acks: 1` needs `idempotence: false`, which may come later.
+    #[serde(default)]
+    idempotence: Option<yaml_serde::Value>,
 }
 
 impl Config {
@@ -253,17 +256,23 @@ impl Config {
         let text = interpolate(text, origin, env)?;
         let skeleton: Skeleton =
             yaml_serde::from_str(&text).map_err(|e| ConfigError::from_yaml(origin, e))?;
-        let kinds = skeleton
-            .sinks
-            .unwrap_or_default()
+        let skeleton_sinks = skeleton.sinks.unwrap_or_default();
+        let not_idempotent = skeleton_sinks
+            .iter()
+            .filter(|(_, k)| k.idempotence == Some(yaml_serde::Value::Bool(false)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let kinds = skeleton_sinks
             .into_iter()
             .filter_map(|(name, k)| match k.kind {
                 Some(yaml_serde::Value::String(kind)) => Some((name, kind)),
                 _ => None,
             })
             .collect();
-        let config: Config = values::with_known_sinks(kinds, || yaml_serde::from_str(&text))
-            .map_err(|e| ConfigError::from_yaml(origin, e))?;
+        let config: Config = values::with_known_sinks(kinds, || {
+            values::with_not_idempotent(not_idempotent, || yaml_serde::from_str(&text))
+        })
+        .map_err(|e| ConfigError::from_yaml(origin, e))?;
         config.check_consistency(origin)?;
         Ok(config)
     }

@@ -516,7 +516,9 @@ impl<'de> Visitor<'de> for SinksVisitor {
                     }
                     SinkConfig::Mqtt(Box::new(mqtt))
                 }
-                Some("kafka") => SinkConfig::Kafka(map.next_value()?),
+                Some("kafka") => {
+                    SinkConfig::Kafka(super::values::reading_sink(&name, || map.next_value())?)
+                }
                 Some("rocketmq") => SinkConfig::RocketMq(Box::new(map.next_value()?)),
                 Some("file") => SinkConfig::File(map.next_value()?),
                 Some("stdout") => SinkConfig::Stdout(map.next_value()?),

@@ -190,6 +190,42 @@ pub(crate) fn with_known_sinks<R>(sinks: BTreeMap<String, String>, f: impl FnOnc
     result
 }
 
+thread_local! {
+    /// Sinks the first pass saw with `idempotence: false`.
+    static NOT_IDEMPOTENT: RefCell<Option<std::collections::BTreeSet<String>>> =
+        const { RefCell::new(None) };
+    /// The sink whose definition the second pass is reading.
+    static CURRENT_SINK: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the sinks the first pass saw with `idempotence: false`
+/// known, so that a key depending on it (Kafka's `acks: 1`) is checked while
+/// the parser still knows that key's position.
+pub(crate) fn with_not_idempotent<R>(
+    sinks: std::collections::BTreeSet<String>,
+    f: impl FnOnce() -> R,
+) -> R {
+    NOT_IDEMPOTENT.with(|k| *k.borrow_mut() = Some(sinks));
+    let result = f();
+    NOT_IDEMPOTENT.with(|k| *k.borrow_mut() = None);
+    result
+}
+
+/// Runs `f` (parsing sink `name`'s definition) with `name` as the current sink.
+pub(crate) fn reading_sink<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT_SINK.with(|c| c.borrow_mut().replace(name.to_string()));
+    let result = f();
+    CURRENT_SINK.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+/// Whether the sink being parsed says `idempotence: false` (per the first
+/// pass); `None` outside [`with_not_idempotent`] and [`reading_sink`].
+pub(crate) fn current_sink_not_idempotent() -> Option<bool> {
+    let name = CURRENT_SINK.with(|c| c.borrow().clone())?;
+    NOT_IDEMPOTENT.with(|k| k.borrow().as_ref().map(|set| set.contains(&name)))
+}
+
 /// The kind the first pass saw for a sink name, if any.
 pub(crate) fn known_sink_kind(name: &str) -> Option<String> {
     KNOWN_SINKS.with(|k| k.borrow().as_ref().and_then(|m| m.get(name).cloned()))

@@ -6,8 +6,8 @@ use super::{Config, NotDurablePolicy, SinkConfig};
 
 impl Config {
     /// One line per setting that lets a message be accepted without its
-    /// broker's durable confirmation (or, for Kafka SASL without TLS, sends
-    /// records and credentials unencrypted).
+    /// broker's durable confirmation (or, for Kafka, sends records and
+    /// credentials unencrypted or to an unverified broker).
     pub fn delivery_warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -45,21 +45,9 @@ impl Config {
                         ));
                     }
                     for (key, value) in &kafka.properties.0 {
-                        let value_lower = value.trim().to_ascii_lowercase();
-                        let weak = match key.as_str() {
-                            "acks" | "request.required.acks" => {
-                                !matches!(value_lower.as_str(), "all" | "-1")
-                            }
-                            "enable.idempotence" => {
-                                matches!(value_lower.as_str(), "false" | "0")
-                            }
-                            _ => false,
-                        };
-                        if weak {
+                        if let Some(problem) = raw_property_warning(kafka, key, value) {
                             warnings.push(format!(
-                                "sinks.{name}.properties.{key}: {value} — a record counts as \
-                                 delivered before every in-sync replica has it (acks=all and \
-                                 idempotence keep the delivery contract)"
+                                "sinks.{name}.properties.{key}: {value} — {problem}"
                             ));
                         }
                     }
@@ -76,5 +64,62 @@ impl Config {
             }
         }
         warnings
+    }
+}
+
+/// What a raw librdkafka property of a Kafka sink gives up, if anything:
+/// weaker acknowledgements, or TLS and SASL undone or unverified (raw
+/// properties are applied last, so they win over `tls` and `sasl`).
+fn raw_property_warning(
+    kafka: &crate::sink::kafka::config::KafkaSinkConfig,
+    key: &str,
+    value: &str,
+) -> Option<String> {
+    let value = value.trim().to_ascii_lowercase();
+    match key {
+        // 0 is refused while parsing.
+        "acks" | "request.required.acks" if !matches!(value.as_str(), "all" | "-1") => Some(
+            "a record counts as delivered once that many replicas have it, before every \
+             in-sync replica does; it is lost if they fail before replicating (acks=all \
+             keeps the delivery contract)"
+                .to_string(),
+        ),
+        "enable.idempotence" if matches!(value.as_str(), "false" | "0") => {
+            Some("librdkafka's own retries may write a record twice or out of order".to_string())
+        }
+        "security.protocol" => {
+            let raw_tls = matches!(value.as_str(), "ssl" | "sasl_ssl");
+            let raw_sasl = matches!(value.as_str(), "sasl_plaintext" | "sasl_ssl");
+            if kafka.tls.is_some() && !raw_tls {
+                Some(format!(
+                    "overrides `tls`: records{} cross the network unencrypted",
+                    if kafka.sasl.is_some() || raw_sasl {
+                        " and the SASL password"
+                    } else {
+                        ""
+                    }
+                ))
+            } else if kafka.sasl.is_some() && !raw_sasl {
+                Some("overrides `sasl`: the bridge does not log in".to_string())
+            } else if raw_sasl && !raw_tls && kafka.sasl.is_none() {
+                Some(
+                    "SASL without TLS: records and the password cross the network unencrypted"
+                        .to_string(),
+                )
+            } else {
+                None
+            }
+        }
+        "enable.ssl.certificate.verification" if matches!(value.as_str(), "false" | "0") => Some(
+            "broker certificates are not verified: anyone on the path can pose as the \
+             cluster and read the records (and a SASL password)"
+                .to_string(),
+        ),
+        "ssl.endpoint.identification.algorithm" if matches!(value.as_str(), "none" | "") => Some(
+            "broker certificates are not checked against the broker's host name: any \
+             certificate the CA signed is accepted for any broker"
+                .to_string(),
+        ),
+        _ => None,
     }
 }

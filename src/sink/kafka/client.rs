@@ -14,10 +14,29 @@ pub const RECONNECT_BACKOFF_MS: &str = "1000";
 /// Longest wait between reconnects, in ms (librdkafka's default).
 pub const RECONNECT_BACKOFF_MAX_MS: &str = "10000";
 
+/// Secret values shorter than this are not masked by substring: `o` would
+/// turn `bootstrap` into `b***tstrap` and say which letters the password
+/// has. librdkafka redacts its own sensitive properties anyway.
+pub(crate) const MIN_MASKED_LEN: usize = 8;
+
+/// Why a sink's librdkafka configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    /// A TLS file cannot be read (librdkafka's own message names neither the
+    /// key nor the file).
+    #[error("tls.{key} {path}: {source}")]
+    Unreadable {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The librdkafka configuration of one sink; fails (naming the key and the
 /// file) when a TLS file cannot be read, since librdkafka's own message
 /// names neither.
-pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, String> {
+pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, ClientConfigError> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", config.brokers.join(","));
     client.set("enable.idempotence", config.idempotence.to_string());
@@ -27,8 +46,13 @@ pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, String> {
     // the reconnect, so its backoff never grows: with the default 100 ms an
     // untrusted certificate was retried 18 times a second, with 1 s about
     // twice. Quick enough after a broker restart (sends are retried anyway).
-    client.set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS);
-    client.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    // Not when either is set raw: a raw `reconnect.backoff.max.ms` below
+    // our 1 s would make librdkafka refuse the pair.
+    let raw = &config.properties.0;
+    if !raw.contains_key("reconnect.backoff.ms") && !raw.contains_key("reconnect.backoff.max.ms") {
+        client.set("reconnect.backoff.ms", RECONNECT_BACKOFF_MS);
+        client.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    }
     if let Some(linger) = config.linger {
         client.set("linger.ms", linger.0.as_millis().to_string());
     }
@@ -72,21 +96,26 @@ pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, String> {
     Ok(client)
 }
 
-fn readable(key: &str, path: &Path) -> Result<(), String> {
+fn readable(key: &'static str, path: &Path) -> Result<(), ClientConfigError> {
     std::fs::File::open(path)
         .map(drop)
-        .map_err(|e| format!("tls.{key} {}: {e}", path.display()))
+        .map_err(|source| ClientConfigError::Unreadable {
+            key,
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// The error's text with the value of every secret-looking property masked:
 /// librdkafka may quote a value it rejects.
-pub fn redacted(error: &KafkaError, client: &ClientConfig) -> String {
+pub(crate) fn redacted(error: &KafkaError, client: &ClientConfig) -> String {
     mask(&error.to_string(), &secrets(client))
 }
 
-/// The values of every secret-looking property of `client`, longest first
-/// (so a secret containing another is masked whole).
-pub fn secrets(client: &ClientConfig) -> Vec<String> {
+/// The values of every secret-looking property of `client` that are long
+/// enough to mask ([`MIN_MASKED_LEN`]), longest first (so a secret
+/// containing another is masked whole).
+pub(crate) fn secrets(client: &ClientConfig) -> Vec<String> {
     // config_map() masks only librdkafka's own list of sensitive keys; ours
     // is wider, so read the real values.
     let mut values: Vec<String> = client
@@ -96,7 +125,7 @@ pub fn secrets(client: &ClientConfig) -> Vec<String> {
         .filter_map(|key| {
             client
                 .get(key)
-                .filter(|v| !v.is_empty())
+                .filter(|v| v.chars().count() >= MIN_MASKED_LEN)
                 .map(str::to_string)
         })
         .collect();
@@ -104,10 +133,14 @@ pub fn secrets(client: &ClientConfig) -> Vec<String> {
     values
 }
 
-/// `text` with every one of `secrets` replaced by `***`.
-pub fn mask(text: &str, secrets: &[String]) -> String {
+/// `text` with every one of `secrets` replaced by `***`; shorter ones than
+/// [`MIN_MASKED_LEN`] are left alone.
+pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
     let mut text = text.to_string();
-    for secret in secrets {
+    for secret in secrets
+        .iter()
+        .filter(|s| s.chars().count() >= MIN_MASKED_LEN)
+    {
         text = text.replace(secret.as_str(), "***");
     }
     text
@@ -191,16 +224,44 @@ mod tests {
         assert_eq!(get(&client, "compression.type"), Some("lz4"));
         assert_eq!(get(&client, "security.protocol"), Some("SSL"));
         let missing = sink("    tls: { ca_file: /nonexistent/ca.pem }\n").unwrap();
-        let error = client_config(&missing).unwrap_err();
+        let error = client_config(&missing).unwrap_err().to_string();
         assert!(error.contains("tls.ca_file /nonexistent/ca.pem"), "{error}");
     }
 
     #[test]
     fn masks_every_secret_value() {
-        let secrets = vec!["long-secret".to_string(), "secret".to_string()];
+        let secrets = vec!["long-secret".to_string(), "secret-1".to_string()];
         assert_eq!(
-            mask("a long-secret and a secret", &secrets),
+            mask("a long-secret and a secret-1", &secrets),
             "a *** and a ***"
+        );
+    }
+
+    #[test]
+    fn a_raw_reconnect_backoff_replaces_the_sinks_default() {
+        let client = client_config(&sink("").unwrap()).unwrap();
+        assert_eq!(get(&client, "reconnect.backoff.ms"), Some("1000"));
+        let config = sink("    properties: { reconnect.backoff.max.ms: \"500\" }\n").unwrap();
+        let client = client_config(&config).unwrap();
+        assert_eq!(get(&client, "reconnect.backoff.ms"), None);
+        assert_eq!(get(&client, "reconnect.backoff.max.ms"), Some("500"));
+        // librdkafka accepts the result (its default backoff is 100 ms).
+        client
+            .create::<rdkafka::producer::BaseProducer>()
+            .expect("librdkafka accepts the configuration");
+    }
+
+    #[test]
+    fn short_secrets_are_not_masked_inside_other_words() {
+        let mut client = ClientConfig::new();
+        client.set("sasl.password", "o");
+        client.set("ssl.key.password", "1234567");
+        client.set("sasl.oauthbearer.client.secret", "12345678");
+        assert_eq!(secrets(&client), ["12345678"]);
+        let short = vec!["o".to_string()];
+        assert_eq!(
+            mask("bootstrap.servers b:9092", &short),
+            "bootstrap.servers b:9092"
         );
     }
 }

@@ -22,6 +22,7 @@ use crate::config::{ClientProperties, HumanDuration, Secret};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawKafkaSinkConfig")]
 pub struct KafkaSinkConfig {
+    /// Always `kafka` (the key that selected this schema).
     pub kind: String,
     /// Bootstrap servers, `host:port`.
     pub brokers: Vec<String>,
@@ -81,7 +82,7 @@ struct RawKafkaSinkConfig {
     batch_size: Option<u32>,
     #[serde(default, deserialize_with = "delivery_timeout")]
     delivery_timeout: Option<HumanDuration>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "properties")]
     properties: ClientProperties,
     #[serde(default = "default_topic_missing_grace")]
     topic_missing_grace: HumanDuration,
@@ -91,13 +92,11 @@ impl TryFrom<RawKafkaSinkConfig> for KafkaSinkConfig {
     type Error = String;
     fn try_from(raw: RawKafkaSinkConfig) -> Result<Self, String> {
         if raw.acks == Acks::Leader && raw.idempotence {
-            return Err(
-                "`acks: 1` needs `idempotence: false` (an idempotent producer \
-                        waits for all in-sync replicas); both let a record count as \
-                        delivered before every replica has it"
-                    .into(),
-            );
+            // Normally reported at the `acks` key already (see `Acks`'s parser).
+            return Err(ACKS_1_NEEDS_IDEMPOTENCE_OFF.into());
         }
+        check_linger_and_timeout(&raw)?;
+        check_reconnect_backoff(&raw.properties)?;
         Ok(KafkaSinkConfig {
             kind: raw.kind,
             brokers: raw.brokers,
@@ -111,6 +110,124 @@ impl TryFrom<RawKafkaSinkConfig> for KafkaSinkConfig {
             delivery_timeout: raw.delivery_timeout,
             properties: raw.properties,
             topic_missing_grace: raw.topic_missing_grace,
+        })
+    }
+}
+
+const ACKS_1_NEEDS_IDEMPOTENCE_OFF: &str = "`acks: 1` needs `idempotence: false` (an \
+     idempotent producer waits for all in-sync replicas); both let a record count as \
+     delivered before every replica has it";
+
+/// librdkafka's default `message.timeout.ms`.
+const DEFAULT_DELIVERY_TIMEOUT_MS: f64 = 300_000.0;
+
+/// A raw property as a number of milliseconds, when set and numeric (a
+/// value librdkafka would refuse is left for it to name).
+fn raw_ms(properties: &ClientProperties, keys: &[&str]) -> Option<(String, f64)> {
+    keys.iter().find_map(|key| {
+        let value = properties.0.get(*key)?;
+        Some((
+            format!("properties.{key}"),
+            value.trim().parse::<f64>().ok()?,
+        ))
+    })
+}
+
+/// librdkafka refuses to start when a set `linger.ms` is not below
+/// `message.timeout.ms` (0 meaning no timeout); say so at `check` time.
+fn check_linger_and_timeout(raw: &RawKafkaSinkConfig) -> Result<(), String> {
+    let linger = raw_ms(&raw.properties, &["linger.ms", "queue.buffering.max.ms"]).or_else(|| {
+        raw.linger
+            .map(|l| ("linger".to_string(), l.0.as_secs_f64() * 1000.0))
+    });
+    let Some((linger_key, linger_ms)) = linger else {
+        return Ok(()); // librdkafka lowers its own default linger to fit
+    };
+    let (timeout_key, timeout_ms) = raw_ms(
+        &raw.properties,
+        &["message.timeout.ms", "delivery.timeout.ms"],
+    )
+    .or_else(|| {
+        raw.delivery_timeout
+            .map(|t| ("delivery_timeout".to_string(), t.0.as_secs_f64() * 1000.0))
+    })
+    .unwrap_or_else(|| {
+        (
+            "delivery_timeout (default 5m)".to_string(),
+            DEFAULT_DELIVERY_TIMEOUT_MS,
+        )
+    });
+    if timeout_ms != 0.0 && timeout_ms <= linger_ms {
+        return Err(format!(
+            "`{linger_key}` ({linger_ms} ms) must be shorter than `{timeout_key}` \
+             ({timeout_ms} ms): a record would time out while it waits for its batch"
+        ));
+    }
+    Ok(())
+}
+
+/// Raw `reconnect.backoff.max.ms` below raw `reconnect.backoff.ms` is
+/// refused by librdkafka at start; say so at `check` time. (Either one set
+/// raw also turns off the sink's own default, see `client_config`.)
+fn check_reconnect_backoff(properties: &ClientProperties) -> Result<(), String> {
+    if let (Some((_, min)), Some((_, max))) = (
+        raw_ms(properties, &["reconnect.backoff.ms"]),
+        raw_ms(properties, &["reconnect.backoff.max.ms"]),
+    ) {
+        if max < min {
+            return Err(format!(
+                "`properties.reconnect.backoff.max.ms` ({max}) must be >= \
+                 `properties.reconnect.backoff.ms` ({min})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Raw librdkafka properties, as strings; `acks=0` (by either name) is
+/// refused at its own line, like `acks: 0`.
+fn properties<'de, D: Deserializer<'de>>(d: D) -> Result<ClientProperties, D::Error> {
+    struct PropertiesVisitor;
+    impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
+        type Value = ClientProperties;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of librdkafka property names to values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<ClientProperties, A::Error> {
+            let mut properties = std::collections::BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value_seed(PropertyValue(&key))?;
+                if properties.insert(key.clone(), value).is_some() {
+                    return Err(A::Error::custom(format!("property `{key}` given twice")));
+                }
+            }
+            Ok(ClientProperties(properties))
+        }
+    }
+    d.deserialize_map(PropertiesVisitor)
+}
+
+/// One raw property's value; the check runs inside the parser's visitor so
+/// that its error carries the value's line and key path.
+struct PropertyValue<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PropertyValue<'_> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        let key = self.0;
+        parse_str_with(d, "a property value", |text| {
+            if matches!(key, "acks" | "request.required.acks") && text.trim() == "0" {
+                Err(format!(
+                    "`{key}: 0` is refused: the broker would confirm nothing, and the bridge \
+                     accepts a message only after its broker confirmed it (use all, or 1 \
+                     with idempotence: false)"
+                ))
+            } else {
+                Ok(text.to_string())
+            }
         })
     }
 }
@@ -144,7 +261,8 @@ fn delivery_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HumanDurat
 }
 
 /// TLS to the brokers, done by librdkafka's OpenSSL. The broker's
-/// certificate is always verified, against its host name too.
+/// certificate is verified, against its host name too (only raw
+/// `properties:` can turn that off, and `check` warns when they do).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawKafkaTls")]
 pub struct KafkaTls {
@@ -205,7 +323,9 @@ fn no_server_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (`sasl.mechanism`).
     pub mechanism: SaslMechanism,
+    /// The login name (`sasl.username`).
     pub username: String,
     /// Never printed (`***` in `check`, Debug and logs).
     #[serde(deserialize_with = "non_empty_password")]
@@ -227,8 +347,9 @@ fn non_empty_password<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Erro
 pub enum SaslMechanism {
     /// Username and password in the clear inside TLS (Confluent Cloud, Event Hubs).
     Plain,
-    /// Salted challenge-response (Amazon MSK, ApsaraMQ for Kafka, Redpanda).
+    /// Salted challenge-response with SHA-256 (ApsaraMQ for Kafka, Redpanda).
     ScramSha256,
+    /// The same with SHA-512 (Amazon MSK offers only this one).
     ScramSha512,
 }
 
@@ -279,11 +400,16 @@ impl<'de> Deserialize<'de> for SaslMechanism {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// Records are sent as they are (the default).
     #[default]
     None,
+    /// gzip (zlib): small batches, the most CPU.
     Gzip,
+    /// Snappy: fast, moderate ratio.
     Snappy,
+    /// LZ4: fast, moderate ratio.
     Lz4,
+    /// Zstandard: a good ratio at moderate CPU (brokers 2.1+).
     Zstd,
 }
 
@@ -345,6 +471,11 @@ impl<'de> Deserialize<'de> for Acks {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Acks, E> {
                 match v.trim().to_ascii_lowercase().as_str() {
                     "all" | "-1" => Ok(Acks::All),
+                    // Checked here, not only once the whole sink is read,
+                    // so that the error names this key's line.
+                    "1" if crate::config::values::current_sink_not_idempotent() == Some(false) => {
+                        Err(E::custom(ACKS_1_NEEDS_IDEMPOTENCE_OFF))
+                    }
                     "1" => Ok(Acks::Leader),
                     "0" => Err(E::custom(
                         "`acks: 0` is refused: the broker would confirm nothing, and the bridge \

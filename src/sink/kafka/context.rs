@@ -3,13 +3,20 @@
 //! so that readiness can say *why* the cluster is not reachable (a refused
 //! SASL login, an untrusted certificate) instead of only "not connected".
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::client::mask;
+
+/// A given client error code is logged at most once per this long: with a
+/// broker down librdkafka reports (alternating) errors several times a second.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Shared by every producer the sink creates (a fatal producer is replaced).
 #[derive(Clone)]
@@ -19,6 +26,11 @@ struct State {
     sink: Arc<str>,
     secrets: Vec<String>,
     last_error: Mutex<Option<String>>,
+    /// When each error code (its Debug name; "" without one) was last logged.
+    logged: Mutex<HashMap<String, Instant>>,
+    /// Set with `last_error`, so that clearing after every successful send
+    /// costs one atomic swap when there is nothing to clear.
+    has_error: AtomicBool,
 }
 
 impl SinkContext {
@@ -28,7 +40,14 @@ impl SinkContext {
             sink,
             secrets,
             last_error: Mutex::new(None),
+            logged: Mutex::new(HashMap::new()),
+            has_error: AtomicBool::new(false),
         }))
+    }
+
+    /// `text` with the sink's secrets masked.
+    pub fn mask(&self, text: &str) -> String {
+        mask(text, &self.0.secrets)
     }
 
     /// The last client error librdkafka reported since the cluster was last
@@ -41,9 +60,32 @@ impl SinkContext {
             .clone()
     }
 
-    /// The cluster answered: forget the previous error.
+    /// The cluster answered (metadata, or a record was confirmed): forget
+    /// the previous error, and log the next one at once.
     pub fn clear_error(&self) {
+        if !self.0.has_error.swap(false, Ordering::AcqRel) {
+            return;
+        }
         *self.0.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0
+            .logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether an error with this code may be logged at `now` (and if so,
+    /// remembers that it was).
+    fn may_log(&self, code: Option<RDKafkaErrorCode>, now: Instant) -> bool {
+        let key = code.map(|c| format!("{c:?}")).unwrap_or_default();
+        let mut logged = self.0.logged.lock().unwrap_or_else(|p| p.into_inner());
+        match logged.get(&key) {
+            Some(at) if now.saturating_duration_since(*at) < ERROR_LOG_INTERVAL => false,
+            _ => {
+                logged.insert(key, now);
+                true
+            }
+        }
     }
 }
 
@@ -71,15 +113,65 @@ impl ClientContext for SinkContext {
             Some(code) => format!("{code}: {reason}"),
             None => reason,
         };
-        let mut last = self.0.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_deref() == Some(text.as_str()) {
-            return; // librdkafka repeats an error once per queue it serves
+        if self.may_log(code, Instant::now()) {
+            tracing::warn!(sink = %self.0.sink, error = %text, "Kafka client error");
+        } else {
+            tracing::debug!(sink = %self.0.sink, error = %text, "Kafka client error (repeated)");
         }
-        tracing::warn!(sink = %self.0.sink, error = %text, "Kafka client error");
+        let mut last = self.0.last_error.lock().unwrap_or_else(|p| p.into_inner());
         // "All brokers down" follows the error that brought them down; keep
         // that one, it says why (a refused login, an untrusted certificate).
         if code != Some(RDKafkaErrorCode::AllBrokersDown) || last.is_none() {
             *last = Some(text);
         }
+        self.0.has_error.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> SinkContext {
+        SinkContext::new(Arc::from("k"), vec!["long-secret-value".to_string()])
+    }
+
+    #[test]
+    fn an_error_code_is_logged_at_most_once_per_interval() {
+        let context = context();
+        let start = Instant::now();
+        let down = Some(RDKafkaErrorCode::AllBrokersDown);
+        let transport = Some(RDKafkaErrorCode::BrokerTransportFailure);
+        assert!(context.may_log(transport, start));
+        assert!(context.may_log(down, start));
+        for second in 1..30 {
+            let now = start + Duration::from_secs(second);
+            assert!(!context.may_log(transport, now), "{second}");
+            assert!(!context.may_log(down, now), "{second}");
+        }
+        assert!(context.may_log(transport, start + ERROR_LOG_INTERVAL));
+        assert!(context.may_log(None, start));
+    }
+
+    #[test]
+    fn the_last_error_keeps_its_cause_is_masked_and_is_cleared() {
+        let context = context();
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "b:9092: login with long-secret-value failed",
+        );
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let last = context.last_error().unwrap();
+        assert!(last.contains("login with *** failed"), "{last}");
+        context.clear_error();
+        assert_eq!(context.last_error(), None);
+        // After a success the next failure is logged (and stored) again.
+        assert!(context.may_log(
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            Instant::now()
+        ));
     }
 }

@@ -21,6 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{Outgoing, Sink, SinkBuildError, SinkError};
 use client::redacted;
@@ -44,6 +45,14 @@ pub struct KafkaSink {
     ready: watch::Receiver<bool>,
     last_send: Arc<super::LastSend>,
     missing: Arc<MissingTopics>,
+    /// Ends the start-up metadata probe (on `close` and on drop).
+    stop: CancellationToken,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl KafkaSink {
@@ -55,39 +64,20 @@ impl KafkaSink {
             name: name.to_string(),
             message,
         };
-        let client = client::client_config(config).map_err(invalid)?;
+        let client = client::client_config(config).map_err(|e| invalid(e.to_string()))?;
         let context = SinkContext::new(Arc::from(name), client::secrets(&client));
         let producer: SinkProducer = client
             .create_with_context(context.clone())
             .map_err(|e| invalid(format!("Kafka producer: {}", redacted(&e, &client))))?;
         let (ready_tx, ready) = watch::channel(false);
-        let probe = producer.clone();
-        let probe_context = context.clone();
-        let sink_name = name.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut attempts = 0u32;
-            while !ready_tx.is_closed() {
-                match probe.client().fetch_metadata(None, Duration::from_secs(5)) {
-                    Ok(metadata) => {
-                        probe_context.clear_error();
-                        tracing::info!(sink = %sink_name, brokers = metadata.brokers().len(), "Kafka metadata fetched");
-                        ready_tx.send_replace(true);
-                        return;
-                    }
-                    Err(e) => {
-                        attempts += 1;
-                        if attempts == 1 || attempts.is_multiple_of(12) {
-                            let error = probe_context.last_error().unwrap_or_else(|| e.to_string());
-                            tracing::warn!(sink = %sink_name, %error, "Kafka cluster not reachable yet");
-                        }
-                        // A metadata request makes librdkafka connect at
-                        // once, so the probe backs off itself: a refused login
-                        // or an untrusted certificate is not retried in a loop.
-                        std::thread::sleep(probe_backoff(attempts));
-                    }
-                }
-            }
-        });
+        let stop = CancellationToken::new();
+        tokio::spawn(probe_metadata(
+            producer.clone(),
+            context.clone(),
+            name.to_string(),
+            ready_tx,
+            stop.clone(),
+        ));
         Ok(KafkaSink {
             name: Arc::from(name),
             client: Arc::new(client),
@@ -96,12 +86,72 @@ impl KafkaSink {
             ready,
             last_send: super::LastSend::new(),
             missing: Arc::new(MissingTopics::new(config.topic_missing_grace.0)),
+            stop,
         })
     }
 
     fn current(&self) -> (u64, SinkProducer) {
         let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
+    }
+}
+
+/// How long one metadata request may block its thread: short, so that a
+/// shutdown while the cluster is unreachable waits at most this long for it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Fetches cluster metadata until it succeeds, then marks the sink ready.
+/// Only the librdkafka call blocks (in `spawn_blocking`, at most
+/// [`PROBE_TIMEOUT`]); the waits between attempts are async and end at once
+/// when the sink is closed or dropped.
+async fn probe_metadata(
+    producer: SinkProducer,
+    context: SinkContext,
+    sink: String,
+    ready_tx: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let mut attempts = 0u32;
+    loop {
+        let probe = producer.clone();
+        let fetch = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(None, PROBE_TIMEOUT)
+                .map(|metadata| metadata.brokers().len())
+        });
+        let result = tokio::select! {
+            result = fetch => result,
+            () = stop.cancelled() => return,
+            () = ready_tx.closed() => return,
+        };
+        match result {
+            Ok(Ok(brokers)) => {
+                context.clear_error();
+                tracing::info!(sink = %sink, brokers, "Kafka metadata fetched");
+                ready_tx.send_replace(true);
+                return;
+            }
+            Ok(Err(e)) => {
+                attempts += 1;
+                if attempts == 1 || attempts.is_multiple_of(12) {
+                    let error = context.last_error().unwrap_or_else(|| e.to_string());
+                    tracing::warn!(sink = %sink, %error, "Kafka cluster not reachable yet");
+                }
+            }
+            Err(e) => {
+                tracing::error!(sink = %sink, error = %e, "Kafka metadata probe failed");
+                return;
+            }
+        }
+        // A metadata request makes librdkafka connect at once, so the probe
+        // backs off itself: a refused login or an untrusted certificate is
+        // not retried in a loop.
+        tokio::select! {
+            () = tokio::time::sleep(probe_backoff(attempts)) => {}
+            () = stop.cancelled() => return,
+            () = ready_tx.closed() => return,
+        }
     }
 }
 
@@ -126,6 +176,7 @@ fn replace_fatal(
     }
     match client.create_with_context::<_, SinkProducer>(context.clone()) {
         Ok(fresh) => {
+            let reason = context.mask(reason);
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
             *guard = (generation + 1, fresh);
         }
@@ -205,7 +256,10 @@ async fn send_record(
             if let Some(fatal) = producer.client().fatal_error() {
                 replace_fatal(shared, generation, client, context, name, &fatal.1);
                 return Err((
-                    SinkError::Transient(format!("producer replaced after fatal error: {error}")),
+                    SinkError::Transient(format!(
+                        "producer replaced after fatal error: {}",
+                        context.mask(&error.to_string())
+                    )),
                     false,
                 ));
             }
@@ -245,6 +299,9 @@ impl Sink for KafkaSink {
                 }
             });
             if result.is_ok() {
+                // The cluster confirmed a record: an earlier client error
+                // no longer explains anything (`/readyz`).
+                context.clear_error();
                 missing.found(message.topic.as_deref().unwrap_or_default());
             }
             last_send.record(&result);
@@ -273,6 +330,7 @@ impl Sink for KafkaSink {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
+        self.stop.cancel();
         let (_, producer) = self.current();
         Box::pin(async move {
             let flushed =
