@@ -27,6 +27,10 @@ impl Proxy {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    // Without NODELAY, Nagle and delayed ACKs stall small
+                    // frames by up to 40 ms each: the proxy would be the bottleneck.
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
