@@ -392,3 +392,140 @@ async fn memory_stays_bounded_while_mosquitto_is_frozen() {
     // (a few hundred bytes each here) and the MQTT client's queue of them.
     assert!(peak_rss < 64 << 20, "peak RSS {} MiB", peak_rss >> 20);
 }
+
+#[cfg(feature = "rocketmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_waits_for_a_killed_rocketmq_broker_and_loses_nothing() {
+    use common::rocketmq::{pull_all, Pulled, RocketMq};
+    use common::tansu::{consume, distinct_keys, Tansu};
+    let n = n() / 2;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "faults-sub-fan", "out/#").await;
+    let kafka = tokio::task::spawn_blocking(Tansu::start).await.unwrap();
+    kafka.create_topic("fan", 1);
+    let mut rocketmq = tokio::task::spawn_blocking(RocketMq::start).await.unwrap();
+    let emulator = emulator(|c| {
+        c.count = n;
+        c.redeliver_after = Duration::from_millis(300);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "faults-fan", "").replace(
+        "telemetry: { listen: '127.0.0.1:0' }",
+        &format!("telemetry: {{ listen: '{telemetry}', summary_interval: 0s }}"),
+    );
+    let text = format!(
+        r##"{source}sinks:
+  mosquitto: {{ kind: mqtt, url: "mqtt://127.0.0.1:{mqtt}", client_id: faults-fan-out }}
+  kafka: {{ kind: kafka, brokers: ["{kafka}"] }}
+  rmq: {{ kind: rocketmq, name_server: {name_server}, producer_group: PG_FAN, send_timeout: 3s }}
+routes:
+  - name: all
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: mosquitto, topic: "out/{{messageId}}", qos: 1 }}
+      - {{ sink: kafka, topic: fan, key: "{{messageId}}" }}
+      - {{ sink: rmq, topic: fan, keys: "{{messageId}}" }}
+max_in_flight: {MAX_IN_FLIGHT}
+retry: {{ initial: 50ms, max: 500ms }}
+"##,
+        mqtt = broker.port,
+        kafka = kafka.address(),
+        name_server = rocketmq.name_server(),
+    );
+    let config = dir.path().join("fan.yaml");
+    std::fs::write(&config, text).unwrap();
+    let started = Instant::now();
+    let mut bridge = BridgeProcess::start(&config, telemetry);
+    bridge.ready(120).await;
+    publishes(&subscriber, n / 3).await;
+    rocketmq = tokio::task::spawn_blocking(move || {
+        rocketmq.kill_broker();
+        rocketmq
+    })
+    .await
+    .unwrap();
+    // The other brokers' copies go on until max_in_flight messages wait
+    // for their RocketMQ copy; then intake stops.
+    let at_kill = *subscriber.total().borrow();
+    eventually("intake stopped at max_in_flight", 60, || {
+        futures_block_on_scrape(&bridge) >= MAX_IN_FLIGHT
+    })
+    .await;
+    rocketmq = tokio::task::spawn_blocking(move || {
+        rocketmq.start_broker();
+        rocketmq
+    })
+    .await
+    .unwrap();
+    within(600, "all accepted", emulator.all_accepted()).await;
+    let elapsed = started.elapsed();
+    bridge.stop(Duration::from_secs(10));
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() as u64 == n
+    })
+    .await;
+    let mqtt_duplicates = all_arrived(&subscriber, n);
+    let address = kafka.address();
+    let records = tokio::task::spawn_blocking(move || {
+        consume(&address, "fan", 1, distinct_keys(n as usize), 120)
+    })
+    .await
+    .unwrap();
+    let kafka_keys: std::collections::HashSet<_> =
+        records.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(kafka_keys.len() as u64, n, "distinct keys in Kafka");
+    let pulled = pull_all(
+        &rocketmq.name_server(),
+        None,
+        None,
+        "fan",
+        "*",
+        |m: &[Pulled]| {
+            m.iter()
+                .filter_map(|p| p.properties.get("messageId"))
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64
+                >= n
+        },
+        120,
+    )
+    .await;
+    let rocketmq_ids: std::collections::HashSet<_> = pulled
+        .iter()
+        .filter_map(|p| p.properties.get("messageId").cloned())
+        .collect();
+    assert_eq!(rocketmq_ids.len() as u64, n, "distinct ids in RocketMQ");
+    eprintln!(
+        "fan-out, RocketMQ broker killed at {at_kill} publishes: {n} messages in {elapsed:?}; \
+         duplicates MQTT {mqtt_duplicates}, Kafka {}, RocketMQ {}",
+        records.len() as u64 - n,
+        pulled.len() as u64 - n
+    );
+    no_secret_in(&bridge.log.lock().unwrap());
+}
+
+/// `amqp_bridge_in_flight` of the bridge process, read on a helper thread
+/// (for `eventually`, which takes a plain closure).
+#[cfg(feature = "rocketmq")]
+fn futures_block_on_scrape(bridge: &BridgeProcess) -> u64 {
+    let url = url::Url::parse(&format!("http://{}/metrics", bridge.telemetry)).unwrap();
+    let text = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(amqp_bridge::telemetry::http::get(&url))
+    })
+    .join()
+    .unwrap();
+    match text {
+        Ok((200, body)) => {
+            common::metrics::Scrape::parse(&body).count("amqp_bridge_in_flight", &[])
+        }
+        _ => 0,
+    }
+}
