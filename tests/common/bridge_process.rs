@@ -10,6 +10,8 @@ use std::time::Duration;
 pub struct BridgeProcess {
     child: Option<Child>,
     config: PathBuf,
+    /// `RUST_LOG` of the process.
+    log_level: String,
     /// Where its `/metrics`, `/healthz` and `/readyz` are served.
     pub telemetry: std::net::SocketAddr,
     /// Every line it wrote to stderr, across restarts.
@@ -19,9 +21,19 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts the bridge on `config`, whose `telemetry.listen` is `telemetry`.
     pub fn start(config: &Path, telemetry: std::net::SocketAddr) -> BridgeProcess {
+        BridgeProcess::start_logging(config, telemetry, "debug")
+    }
+
+    /// As [`BridgeProcess::start`], logging at `level` (`RUST_LOG`).
+    pub fn start_logging(
+        config: &Path,
+        telemetry: std::net::SocketAddr,
+        level: &str,
+    ) -> BridgeProcess {
         let mut process = BridgeProcess {
             child: None,
             config: config.to_path_buf(),
+            log_level: level.to_string(),
             telemetry,
             log: Arc::new(Mutex::new(String::new())),
         };
@@ -33,7 +45,7 @@ impl BridgeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", &self.log_level)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,180 @@
+//! No secret in any output: the bridge runs at `trace` level through a
+//! login, a reconnect (a fresh signature), a refused platform login, a
+//! refused MQTT login and Kafka (SASL) and RocketMQ (ACL) sinks that cannot
+//! reach their brokers; `check` prints the same configuration. Every line
+//! is searched for every configured secret.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::bridge_process::BridgeProcess;
+use common::mosquitto::{free_port, password_file, Mosquitto};
+use common::*;
+
+const MQTT_PASSWORD: &str = "mqtt-secret-a4f1c9";
+const KAFKA_PASSWORD: &str = "kafka-secret-b7e2d0";
+const ROCKETMQ_SECRET: &str = "rocketmq-secret-c3a8f5";
+const STS_TOKEN: &str = "sts-token-secret-d9b6e4";
+const WRONG_SECRET: &str = "wrong-access-secret-e1f7a2";
+
+fn telemetry() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn with_telemetry(source: String, at: SocketAddr) -> String {
+    source.replace(
+        "telemetry: { listen: '127.0.0.1:0' }",
+        &format!("telemetry: {{ listen: '{at}', summary_interval: 200ms }}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_configured_secret_appears_in_any_output() {
+    let broker = Mosquitto::start_with(|dir| {
+        let passwords = password_file(dir, "bridge", MQTT_PASSWORD);
+        format!(
+            "allow_anonymous false\npassword_file {}",
+            passwords.display()
+        )
+    });
+    let emulator = emulator(|c| c.count = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut logs = Vec::new();
+
+    // A: logs in, forwards, is disconnected and logs in again (re-signed).
+    let at = telemetry();
+    let source = with_telemetry(source_yaml(&emulator, dir.path(), "secrets-a", ""), at);
+    let a = dir.path().join("a.yaml");
+    std::fs::write(
+        &a,
+        format!(
+            "{source}sinks:\n  m: {{ kind: mqtt, url: \"mqtt://127.0.0.1:{port}\", client_id: secrets-a-out, \
+             username: bridge, password: {MQTT_PASSWORD} }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: m, topic: \"s/{{messageId}}\" }} ] }}\n",
+            port = broker.port
+        ),
+    )
+    .unwrap();
+    let mut bridge = BridgeProcess::start_logging(&a, at, "trace");
+    bridge.ready(60).await;
+    let logins = emulator.stats().snapshot().logins_ok;
+    emulator.disconnect_all();
+    eventually("a second login", 30, || {
+        emulator.stats().snapshot().logins_ok > logins
+    })
+    .await;
+    bridge.ready(60).await;
+    bridge.stop(Duration::from_secs(10));
+    logs.push(("A", bridge.log.lock().unwrap().clone()));
+
+    // B: sinks that fail: a refused MQTT login, Kafka with SASL and
+    // RocketMQ with ACL where nothing listens. Never ready.
+    let at = telemetry();
+    let source = with_telemetry(source_yaml(&emulator, dir.path(), "secrets-b", ""), at);
+    let b = dir.path().join("b.yaml");
+    std::fs::write(
+        &b,
+        format!(
+            "{source}sinks:\n  m: {{ kind: mqtt, url: \"mqtt://127.0.0.1:{port}\", client_id: secrets-b-out, \
+             username: bridge, password: not-{MQTT_PASSWORD} }}\n  \
+             k: {{ kind: kafka, brokers: [\"127.0.0.1:1\"], tls: {{}}, \
+             sasl: {{ mechanism: SCRAM-SHA-512, username: bridge, password: {KAFKA_PASSWORD} }} }}\n  \
+             r: {{ kind: rocketmq, name_server: \"127.0.0.1:1\", \
+             acl: {{ access_key: bridge-ak, secret_key: {ROCKETMQ_SECRET} }} }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: m, topic: t }}, {{ sink: k, topic: t }}, {{ sink: r, topic: t }} ] }}\n",
+            port = broker.port
+        ),
+    )
+    .unwrap();
+    let mut bridge = BridgeProcess::start_logging(&b, at, "trace");
+    let url = url::Url::parse(&format!("http://{at}/readyz")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let readyz = loop {
+        let answer = amqp_bridge::telemetry::http::get(&url).await;
+        match &answer {
+            Ok((503, body)) if body.contains("sink k") && body.contains("sink m") => {
+                break body.clone();
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never named the failing sinks: {answer:?}\n{}",
+            bridge.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Let the clients retry a few times, each logging at trace level.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = bridge.scrape().await;
+    bridge.stop(Duration::from_secs(10));
+    logs.push(("B", bridge.log.lock().unwrap().clone()));
+    logs.push(("B /readyz", readyz));
+    logs.push(("B /metrics", metrics));
+
+    // C: a refused platform login, with an STS token.
+    let at = telemetry();
+    let source = with_telemetry(
+        source_yaml(
+            &emulator,
+            dir.path(),
+            "secrets-c",
+            &format!("  security_token: {STS_TOKEN}\n"),
+        ),
+        at,
+    )
+    .replace(
+        &format!("access_key_secret: {SK}"),
+        &format!("access_key_secret: {WRONG_SECRET}"),
+    );
+    let c = dir.path().join("c.yaml");
+    std::fs::write(&c, format!("{source}sinks:\n  o: {{ kind: stdout }}\n")).unwrap();
+    let refused = emulator.stats().snapshot().logins_refused;
+    let mut bridge = BridgeProcess::start_logging(&c, at, "trace");
+    eventually("a refused login", 30, || {
+        emulator.stats().snapshot().logins_refused > refused
+    })
+    .await;
+    bridge.stop(Duration::from_secs(10));
+    logs.push(("C", bridge.log.lock().unwrap().clone()));
+
+    // `check` on every configuration.
+    for (name, path) in [("check A", &a), ("check B", &b), ("check C", &c)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
+            .args(["check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        logs.push((name, text));
+    }
+    emulator.shutdown().await;
+
+    let secrets = [
+        SK,
+        MQTT_PASSWORD,
+        KAFKA_PASSWORD,
+        ROCKETMQ_SECRET,
+        STS_TOKEN,
+        WRONG_SECRET,
+    ];
+    for (name, text) in &logs {
+        assert!(!text.is_empty(), "{name}: no output at all");
+        for secret in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{name}: a secret in the output: {line}");
+            }
+        }
+    }
+    // The search sees what it should: names that are not secret are there.
+    let check_b = &logs.iter().find(|(n, _)| *n == "check B").unwrap().1;
+    assert!(check_b.contains("bridge-ak") && check_b.contains("***"), "{check_b}");
+    let lines: usize = logs.iter().map(|(_, t)| t.lines().count()).sum();
+    eprintln!("{lines} lines searched for {} secrets", secrets.len());
+}
