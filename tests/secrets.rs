@@ -174,7 +174,10 @@ async fn no_configured_secret_appears_in_any_output() {
     }
     // The search sees what it should: names that are not secret are there.
     let check_b = &logs.iter().find(|(n, _)| *n == "check B").unwrap().1;
-    assert!(check_b.contains("bridge-ak") && check_b.contains("***"), "{check_b}");
+    assert!(
+        check_b.contains("bridge-ak") && check_b.contains("***"),
+        "{check_b}"
+    );
     let lines: usize = logs.iter().map(|(_, t)| t.lines().count()).sum();
     eprintln!("{lines} lines searched for {} secrets", secrets.len());
 }
