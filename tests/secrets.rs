@@ -2,7 +2,8 @@
 //! login, a reconnect (a fresh signature), a refused platform login, a
 //! refused MQTT login and Kafka (SASL) and RocketMQ (ACL) sinks that cannot
 //! reach their brokers; `check` prints the same configuration. Every line
-//! is searched for every configured secret.
+//! is searched for every configured secret and every signed password the
+//! emulator received.
 
 mod common;
 
@@ -154,9 +155,12 @@ async fn no_configured_secret_appears_in_any_output() {
         );
         logs.push((name, text));
     }
+    // Every signed password the bridges sent (fresh per login).
+    let signed = emulator.passwords_seen();
+    assert!(signed.len() >= 3, "{} logins seen", signed.len());
     emulator.shutdown().await;
 
-    let secrets = [
+    let mut secrets = vec![
         SK,
         MQTT_PASSWORD,
         KAFKA_PASSWORD,
@@ -164,9 +168,10 @@ async fn no_configured_secret_appears_in_any_output() {
         STS_TOKEN,
         WRONG_SECRET,
     ];
+    secrets.extend(signed.iter().map(String::as_str));
     for (name, text) in &logs {
         assert!(!text.is_empty(), "{name}: no output at all");
-        for secret in secrets {
+        for secret in &secrets {
             if let Some(line) = text.lines().find(|l| l.contains(secret)) {
                 panic!("{name}: a secret in the output: {line}");
             }

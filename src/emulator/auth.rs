@@ -19,7 +19,13 @@ pub struct AuthRules {
     pub keys: HashMap<String, String>,
     pub consumer_groups: HashSet<String>,
     pub max_skew: Duration,
+    /// The last passwords clients sent (at most [`PASSWORDS_KEPT`]), so a
+    /// test can search a bridge's output for its signed passwords.
+    pub passwords_seen: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many of the last passwords [`AuthRules::passwords_seen`] keeps.
+pub const PASSWORDS_KEPT: usize = 64;
 
 impl AuthRules {
     /// Checks a PLAIN login; the error is the reason sent back to the client.
@@ -100,6 +106,12 @@ impl PlatformSasl {
         };
         let user = std::str::from_utf8(user).map_err(|_| "username is not UTF-8")?;
         let pass = std::str::from_utf8(pass).map_err(|_| "password is not UTF-8")?;
+        if let Ok(mut seen) = self.rules.passwords_seen.lock() {
+            if seen.len() == PASSWORDS_KEPT {
+                seen.pop_front();
+            }
+            seen.push_back(pass.to_string());
+        }
         self.rules.verify(user, pass)
     }
 }

@@ -156,6 +156,7 @@ impl Emulator {
                 .cloned()
                 .collect::<HashSet<_>>(),
             max_skew: config.max_skew,
+            passwords_seen: Default::default(),
         };
         let listener =
             TcpListener::bind(config.listen)
@@ -209,6 +210,17 @@ impl Emulator {
             .values()
             .flat_map(|sub| sub.accepted_ids())
             .collect()
+    }
+
+    /// The last passwords (signed logins) clients sent, newest last; for
+    /// tests that search a bridge's output for them.
+    pub fn passwords_seen(&self) -> Vec<String> {
+        self.shared
+            .rules
+            .passwords_seen
+            .lock()
+            .map(|seen| seen.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The live counters.
