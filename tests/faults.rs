@@ -107,6 +107,23 @@ fn all_arrived(subscriber: &Subscriber, n: u64) -> u64 {
     counts.values().map(|c| u64::from(*c) - 1).sum()
 }
 
+/// Once the emulator saw every message accepted and the bridges stopped:
+/// nothing outstanding at the emulator, every id at the subscriber; returns
+/// the emulator's final counts and the duplicate publishes.
+async fn settled_everywhere(
+    emulator: amqp_bridge::emulator::Emulator,
+    subscriber: &Subscriber,
+    n: u64,
+) -> (amqp_bridge::emulator::StatsSnapshot, u64) {
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
+    eventually("every id at the subscriber", 60, || {
+        subscriber.counts().len() as u64 == n
+    })
+    .await;
+    (stats, all_arrived(subscriber, n))
+}
+
 /// No log line carries the AccessKey secret (debug logging is on).
 fn no_secret_in(log: &str) {
     assert!(!log.is_empty(), "the process logged nothing");
@@ -139,13 +156,7 @@ async fn the_bridge_sigkilled_twice_mid_stream_loses_nothing() {
     let elapsed = started.elapsed();
     let rss_mib = rss(&bridge.scrape().await) / (1 << 20);
     bridge.stop(Duration::from_secs(10));
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
-    eventually("every id at the subscriber", 60, || {
-        subscriber.counts().len() as u64 == n
-    })
-    .await;
-    let duplicates = all_arrived(&subscriber, n);
+    let (stats, duplicates) = settled_everywhere(emulator, &subscriber, n).await;
     eprintln!(
         "bridge SIGKILLed twice: {n} messages in {elapsed:?}, {duplicates} duplicates, \
          {} unsettled at the kills, RSS at the end {rss_mib} MiB",
@@ -202,13 +213,7 @@ async fn three_replicas_share_a_consumer_group_and_survive_one_killed() {
     for replica in &mut replicas {
         replica.stop(Duration::from_secs(10));
     }
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
-    eventually("every id at the subscriber", 60, || {
-        subscriber.counts().len() as u64 == n
-    })
-    .await;
-    let duplicates = all_arrived(&subscriber, n);
+    let (stats, duplicates) = settled_everywhere(emulator, &subscriber, n).await;
     eprintln!(
         "3 replicas, one SIGKILLed: {n} messages in {elapsed:?}, {duplicates} duplicates, \
          {} unsettled at the kill, survivors received {shares:?}",
@@ -315,14 +320,8 @@ async fn the_amqp_connection_cut_five_times_loses_nothing() {
     within(600, "all accepted", emulator.all_accepted()).await;
     let elapsed = started.elapsed();
     bridge.stop(Duration::from_secs(10));
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
+    let (stats, duplicates) = settled_everywhere(emulator, &subscriber, n).await;
     assert_eq!(stats.logins_ok, 6, "one login per connection: {stats:?}");
-    eventually("every id at the subscriber", 60, || {
-        subscriber.counts().len() as u64 == n
-    })
-    .await;
-    let duplicates = all_arrived(&subscriber, n);
     eprintln!(
         "AMQP connection cut 5 times: {n} messages in {elapsed:?}, {duplicates} duplicates, {} unsettled at the cuts",
         stats.unsettled_at_disconnect
@@ -377,13 +376,7 @@ async fn memory_stays_bounded_while_mosquitto_is_frozen() {
     broker.signal("CONT");
     within(600, "all accepted", emulator.all_accepted()).await;
     bridge.stop(Duration::from_secs(10));
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
-    eventually("every id at the subscriber", 60, || {
-        subscriber.counts().len() as u64 == n
-    })
-    .await;
-    all_arrived(&subscriber, n);
+    settled_everywhere(emulator, &subscriber, n).await;
     eprintln!(
         "Mosquitto frozen {stall} s: {in_flight} in flight at the end of it, peak RSS {} MiB over {samples} samples",
         peak_rss >> 20
@@ -462,13 +455,7 @@ retry: {{ initial: 50ms, max: 500ms }}
     within(600, "all accepted", emulator.all_accepted()).await;
     let elapsed = started.elapsed();
     bridge.stop(Duration::from_secs(10));
-    let stats = emulator.shutdown().await;
-    assert_eq!((stats.accepted, stats.outstanding), (n, 0), "{stats:?}");
-    eventually("every id at the subscriber", 60, || {
-        subscriber.counts().len() as u64 == n
-    })
-    .await;
-    let mqtt_duplicates = all_arrived(&subscriber, n);
+    let (_, mqtt_duplicates) = settled_everywhere(emulator, &subscriber, n).await;
     let address = kafka.address();
     let records = tokio::task::spawn_blocking(move || {
         consume(&address, "fan", 1, distinct_keys(n as usize), 120)
