@@ -268,8 +268,11 @@ async fn readyz_follows_the_broker_and_turns_503_when_the_drain_starts() {
     // Hold messages in flight (broker frozen), then start the drain: /readyz
     // is 503 while in-flight messages are still being waited for.
     broker.signal("STOP");
-    eventually("messages in flight", 30, || {
-        bridge.metrics().in_flight() > 0
+    // Several, not one: a message whose PUBACK was already on its way when
+    // the broker froze still completes (seen once in CI), but at 100 msg/s
+    // the ones after it stay until the broker thaws.
+    eventually("messages stuck in flight", 30, || {
+        bridge.metrics().in_flight() >= 5
     })
     .await;
     let metrics = bridge.metrics().clone();
