@@ -3,6 +3,9 @@
 # Safe to run again and again. Needs root (or sudo) for Debian packages.
 set -euo pipefail
 
+# The build's own needs (C toolchain, OpenSSL headers) first.
+"$(dirname "$0")/install-build-deps.sh"
+
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
@@ -15,13 +18,6 @@ python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
 # (tests/common/rabbitmq.rs starts a node per test; the plugin is enabled by
 # the node's own plugins file, nothing system-wide).
 [ -x /usr/sbin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
-# gcc and make build the bundled librdkafka (rdkafka-sys).
-{ command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
-# librdkafka's TLS and SCRAM (rdkafka feature `ssl`) link Debian's OpenSSL,
-# found through pkg-config; PLAIN is built in, no Cyrus SASL needed (that is
-# only for GSSAPI). zstd is compiled from source by zstd-sys.
-command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
