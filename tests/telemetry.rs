@@ -467,7 +467,10 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     // The compose stack's server configuration, with the rules it loads.
     let (ok, out) = promtool(&["check", "config", "deploy/compose/prometheus.yml"], None);
     assert!(ok, "promtool check config:\n{out}");
-    assert!(out.contains("deploy/prometheus/alerts.yml"), "the rules were not loaded:\n{out}");
+    assert!(
+        out.contains("deploy/prometheus/alerts.yml"),
+        "the rules were not loaded:\n{out}"
+    );
     let (ok, out) = promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None);
     assert!(ok, "promtool check rules:\n{out}");
     let (ok, out) = promtool(

@@ -123,6 +123,23 @@ struct RawTls {
     cert_file: Option<PathBuf>,
     #[serde(default)]
     key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "no_server_name")]
+    #[allow(dead_code)] // never Some: refused while parsing
+    server_name: Option<String>,
+}
+
+/// Every TLS client here (rustls for ours, librdkafka for Kafka) verifies the
+/// server against the host name it connects to, with no override: accepting
+/// the key would promise what is not done.
+fn no_server_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    values::parse_str_with(d, "a host name", |_| {
+        Err(
+            "`server_name` is not supported: the server's certificate is checked against the \
+             host name the bridge connects to (the url's host; for Kafka the bootstrap address, \
+             then each broker's advertised name); use those names in the certificate"
+                .to_string(),
+        )
+    })
 }
 
 impl TryFrom<RawTls> for TlsConfig {
@@ -130,8 +147,9 @@ impl TryFrom<RawTls> for TlsConfig {
 
     fn try_from(raw: RawTls) -> Result<Self, String> {
         match (&raw.cert_file, &raw.key_file) {
-            (Some(_), None) => Err("`tls.cert_file` needs `tls.key_file`".into()),
-            (None, Some(_)) => Err("`tls.key_file` needs `tls.cert_file`".into()),
+            (Some(_), None) | (None, Some(_)) => {
+                Err("`cert_file` and `key_file` go together (mutual TLS)".into())
+            }
             _ => Ok(TlsConfig {
                 ca_file: raw.ca_file,
                 cert_file: raw.cert_file,

@@ -830,7 +830,7 @@ mod tests {
         );
         assert!(line >= 2, "{message}");
         assert!(
-            message.contains("`tls.cert_file` needs `tls.key_file`"),
+            message.contains("`cert_file` and `key_file` go together"),
             "{message}"
         );
     }

@@ -9,14 +9,13 @@
 //! `check` and at start-up.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::values::{duration_in, integer_in, parse_str_with};
-use crate::config::{ClientProperties, HumanDuration, Secret};
+use crate::config::{ClientProperties, HumanDuration, Secret, TlsConfig};
 
 /// A Kafka cluster (librdkafka producer, acks=all and idempotence by default).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,7 +28,10 @@ pub struct KafkaSinkConfig {
     /// TLS to every broker (`SSL`, or `SASL_SSL` with `sasl`); present, even
     /// as `tls: {}`, means on, with the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<KafkaTls>,
+    /// TLS to the brokers, done by librdkafka's OpenSSL; the broker's
+    /// certificate is verified, against its host name too (only raw
+    /// `properties:` can turn that off, and `check` warns when they do).
+    pub tls: Option<TlsConfig>,
     /// SASL login (PLAIN or SCRAM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSasl>,
@@ -67,7 +69,7 @@ struct RawKafkaSinkConfig {
     #[serde(deserialize_with = "non_empty_brokers")]
     brokers: Vec<String>,
     #[serde(default)]
-    tls: Option<KafkaTls>,
+    tls: Option<TlsConfig>,
     #[serde(default)]
     sasl: Option<KafkaSasl>,
     #[serde(default)]
@@ -258,65 +260,6 @@ fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
 /// retry already is.
 fn delivery_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HumanDuration>, D::Error> {
     duration_in(d, Duration::from_secs(1), Duration::from_secs(24 * 3600)).map(Some)
-}
-
-/// TLS to the brokers, done by librdkafka's OpenSSL. The broker's
-/// certificate is verified, against its host name too (only raw
-/// `properties:` can turn that off, and `check` warns when they do).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawKafkaTls")]
-pub struct KafkaTls {
-    /// PEM file with the CA certificates to trust instead of the system roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for clusters that want mutual TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKafkaTls {
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-    #[serde(default)]
-    cert_file: Option<PathBuf>,
-    #[serde(default)]
-    key_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "no_server_name")]
-    #[allow(dead_code)] // never Some: refused while parsing
-    server_name: Option<String>,
-}
-
-impl TryFrom<RawKafkaTls> for KafkaTls {
-    type Error = String;
-    fn try_from(raw: RawKafkaTls) -> Result<Self, String> {
-        if raw.cert_file.is_some() != raw.key_file.is_some() {
-            return Err("`cert_file` and `key_file` go together (mutual TLS)".into());
-        }
-        Ok(KafkaTls {
-            ca_file: raw.ca_file,
-            cert_file: raw.cert_file,
-            key_file: raw.key_file,
-        })
-    }
-}
-
-/// librdkafka verifies each broker against the name it connects to (the
-/// bootstrap address, then the names brokers advertise); there is no
-/// override, so accepting the key would promise what is not done.
-fn no_server_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    parse_str_with(d, "a host name", |_| {
-        Err(
-            "`server_name` is not supported for Kafka: librdkafka checks each broker's \
-             certificate against the host name it connects to (the bootstrap address, then \
-             each broker's advertised name); use those names in the certificate"
-                .to_string(),
-        )
-    })
 }
 
 /// A SASL login to the cluster.
