@@ -110,20 +110,16 @@ async fn receive(
             CreditRefill::HalfUsed => ctx.credit / 2 + 1,
             CreditRefill::UsedUp => 1,
         };
-        if !stopping && granted < refill_below {
-            let want = (ctx.credit - granted) as usize;
-            let free = ctx.slots.available_permits().min(want);
-            if free > 0 {
-                if let Ok(more) = ctx.slots.clone().try_acquire_many_owned(free as u32) {
-                    merge(&mut held, more);
-                    let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
-                    if let Err(e) = receiver.set_credit(granted).await {
-                        return LinkEnd::Lost(format!("cannot grant credit: {e}"));
-                    }
-                    counters.set_credit(granted);
-                    continue;
-                }
+        if !stopping
+            && granted < refill_below
+            && take_free_slots(ctx, &mut held, ctx.credit - granted)
+        {
+            let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
+            if let Err(e) = receiver.set_credit(granted).await {
+                return LinkEnd::Lost(format!("cannot grant credit: {e}"));
             }
+            counters.set_credit(granted);
+            continue;
         }
         let need_slot = !stopping && granted == 0;
         tokio::select! {
@@ -158,12 +154,7 @@ async fn receive(
                 let Ok(slot) = slot else { return LinkEnd::Closed };
                 merge(&mut held, slot);
                 // Grant whatever else is free with it, in the same flow frame.
-                let more = ctx.slots.available_permits().min(ctx.credit as usize - 1);
-                if more > 0 {
-                    if let Ok(more) = ctx.slots.clone().try_acquire_many_owned(more as u32) {
-                        merge(&mut held, more);
-                    }
-                }
+                take_free_slots(ctx, &mut held, ctx.credit - 1);
                 let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
                 if let Err(e) = receiver.set_credit(granted).await {
                     return LinkEnd::Lost(format!("cannot grant credit: {e}"));
@@ -225,6 +216,22 @@ fn undeliverable_here() -> fe2o3_amqp::types::messaging::Modified {
         delivery_failed: Some(true),
         undeliverable_here: Some(true),
         message_annotations: None,
+    }
+}
+
+/// Adds up to `want` slots that are free right now to `held`, without
+/// waiting; true if it took any.
+fn take_free_slots(ctx: &LinkContext, held: &mut Option<OwnedSemaphorePermit>, want: u32) -> bool {
+    let free = ctx.slots.available_permits().min(want as usize);
+    if free == 0 {
+        return false;
+    }
+    match ctx.slots.clone().try_acquire_many_owned(free as u32) {
+        Ok(more) => {
+            merge(held, more);
+            true
+        }
+        Err(_) => false,
     }
 }
 
