@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features --no-fail-fast
+# Every fuzz target briefly (libFuzzer, fuzz/), so the targets cannot rot;
+# the long runs and their figures are in NOTES.md.
+./scripts/fuzz.sh "${AMQP_BRIDGE_FUZZ_SECONDS:-10}"

@@ -17,9 +17,13 @@ pub mod backoff;
 pub mod bridge;
 pub mod config;
 pub mod dedup;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod envelope;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod pipeline;
 pub mod route;
 pub mod sink;

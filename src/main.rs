@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "emulator")]
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
+#[cfg(feature = "emulator")]
 use amqp_bridge::emulator::{Emulator, EmulatorConfig};
 use amqp_bridge::source::aliyun::{sign_now, Credentials};
 use amqp_bridge::telemetry::{init_logging, LogFormat};
@@ -50,8 +52,10 @@ enum Command {
         #[arg(long)]
         show_password: bool,
     },
+    #[cfg(feature = "emulator")]
     /// Run the IoT Platform emulator (an AMQP 1.0 server over TLS).
     Emulate(EmulateArgs),
+    #[cfg(feature = "demo")]
     /// Run the embedded demo: emulator → bridge → in-process MQTT broker.
     Demo(DemoArgs),
     /// Exit 0 when the bridge's /readyz (or /healthz with --live) answers 200;
@@ -66,6 +70,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// Where the embedded MQTT broker listens (watch with `mosquitto_sub -t '#' -v`).
@@ -85,6 +90,7 @@ struct DemoArgs {
     print_config: bool,
 }
 
+#[cfg(feature = "emulator")]
 #[derive(clap::Args)]
 struct EmulateArgs {
     /// Address to listen on.
@@ -136,6 +142,7 @@ struct EmulateArgs {
     exit_when_done: bool,
 }
 
+#[cfg(feature = "emulator")]
 impl EmulateArgs {
     fn to_config(&self) -> anyhow::Result<EmulatorConfig> {
         let defaults = EmulatorConfig::default();
@@ -196,10 +203,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_bridge(config))
         }
+        #[cfg(feature = "emulator")]
         Command::Emulate(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(emulate(args))
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(demo(args))
@@ -305,6 +314,7 @@ fn sign(path: &Path, show_password: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "emulator")]
 async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install();
     let config = args.to_config()?;
@@ -373,6 +383,7 @@ async fn emulate(args: EmulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "demo")]
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install();
     let ca_file =

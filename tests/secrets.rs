@@ -3,7 +3,8 @@
 //! refused MQTT login and Kafka (SASL) and RocketMQ (ACL) sinks that cannot
 //! reach their brokers; `check` prints the same configuration. Every line
 //! is searched for every configured secret and every signed password the
-//! emulator received.
+//! emulator received. A second test does the same for sessions that
+//! succeed: Kafka over SASL_SSL and RocketMQ with ACL signatures.
 
 mod common;
 
@@ -169,14 +170,7 @@ async fn no_configured_secret_appears_in_any_output() {
         WRONG_SECRET,
     ];
     secrets.extend(signed.iter().map(String::as_str));
-    for (name, text) in &logs {
-        assert!(!text.is_empty(), "{name}: no output at all");
-        for secret in &secrets {
-            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
-                panic!("{name}: a secret in the output: {line}");
-            }
-        }
-    }
+    assert_no_secret(&logs, &secrets);
     // The search sees what it should: names that are not secret are there.
     let check_b = &logs.iter().find(|(n, _)| *n == "check B").unwrap().1;
     assert!(
@@ -185,4 +179,93 @@ async fn no_configured_secret_appears_in_any_output() {
     );
     let lines: usize = logs.iter().map(|(_, t)| t.lines().count()).sum();
     eprintln!("{lines} lines searched for {} secrets", secrets.len());
+}
+
+/// Fails on the first line of any output that holds any secret.
+fn assert_no_secret(logs: &[(&str, String)], secrets: &[&str]) {
+    for (name, text) in logs {
+        assert!(!text.is_empty(), "{name}: no output at all");
+        for secret in secrets {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{name}: a secret in the output: {line}");
+            }
+        }
+    }
+}
+
+/// Sessions that succeed: Kafka over SASL_SSL (SCRAM-SHA-512) and RocketMQ
+/// with ACL signatures forward every message at `trace` level, where the
+/// clients log their handshakes; then the output is searched as above.
+#[cfg(feature = "rocketmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_sasl_and_acl_sessions_show_no_secret() {
+    use common::rocketmq::{BrokerOptions, RocketMq};
+    use common::tansu_secure::{Scram, SecureTansu};
+
+    const N: u64 = 200;
+    let kafka = SecureTansu::start(
+        &[("iot.secrets", 1)],
+        &[("bridge", KAFKA_PASSWORD, Scram::Sha512)],
+    )
+    .await;
+    let rocketmq = RocketMq::start_with(BrokerOptions {
+        acl_user: Some(("bridge-ak".into(), ROCKETMQ_SECRET.into())),
+        ..BrokerOptions::default()
+    });
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let at = telemetry();
+    let source = with_telemetry(source_yaml(&emulator, dir.path(), "secrets-d", ""), at);
+    let d = dir.path().join("d.yaml");
+    std::fs::write(
+        &d,
+        format!(
+            "{source}sinks:\n  k: {{ kind: kafka, brokers: [\"{kafka}\"], tls: {{ ca_file: {ca} }}, \
+             sasl: {{ mechanism: SCRAM-SHA-512, username: bridge, password: {KAFKA_PASSWORD} }} }}\n  \
+             r: {{ kind: rocketmq, name_server: \"{name_server}\", \
+             acl: {{ access_key: bridge-ak, secret_key: {ROCKETMQ_SECRET} }} }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: k, topic: iot.secrets }}, {{ sink: r, topic: iot_secrets }} ] }}\n",
+            kafka = kafka.address(),
+            ca = kafka.ca_file.display(),
+            name_server = rocketmq.name_server(),
+        ),
+    )
+    .unwrap();
+    let mut bridge = BridgeProcess::start_logging(&d, at, "trace");
+    within(180, "every message accepted", emulator.all_accepted()).await;
+    let metrics = bridge.scrape().await;
+    bridge.stop(Duration::from_secs(10));
+    let snapshot = emulator.stats().snapshot();
+    assert_eq!((snapshot.accepted, snapshot.outstanding), (N, 0));
+    let log = bridge.log.lock().unwrap().clone();
+    // Signed requests are traced, their signature masked (a signature is
+    // fresh per request, so it cannot be searched for like a secret).
+    assert!(
+        log.contains("\"Signature\": \"***\""),
+        "no masked ACL signature in the trace output"
+    );
+    // The search covers both clients' own trace output, not only ours.
+    for client in ["rdkafka::", "amqp_bridge::sink::rocketmq"] {
+        assert!(
+            log.lines().filter(|l| l.contains(client)).count() >= 10,
+            "no trace lines of {client}:\n{}",
+            bridge.log_tail(30)
+        );
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
+        .args(["check", "--config"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    let check = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let signed = emulator.passwords_seen();
+    emulator.shutdown().await;
+    let logs = vec![("D", log), ("D /metrics", metrics), ("check D", check)];
+    let mut secrets = vec![SK, KAFKA_PASSWORD, ROCKETMQ_SECRET];
+    secrets.extend(signed.iter().map(String::as_str));
+    assert_no_secret(&logs, &secrets);
 }

@@ -98,14 +98,7 @@ impl PlatformSasl {
             .initial_response
             .as_ref()
             .ok_or("PLAIN without initial response")?;
-        let mut parts = response.split(|b| *b == 0);
-        let (Some(_authzid), Some(user), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err("malformed PLAIN response".to_string());
-        };
-        let user = std::str::from_utf8(user).map_err(|_| "username is not UTF-8")?;
-        let pass = std::str::from_utf8(pass).map_err(|_| "password is not UTF-8")?;
+        let (user, pass) = plain_credentials(response)?;
         if let Ok(mut seen) = self.rules.passwords_seen.lock() {
             if seen.len() == PASSWORDS_KEPT {
                 seen.pop_front();
@@ -114,6 +107,19 @@ impl PlatformSasl {
         }
         self.rules.verify(user, pass)
     }
+}
+
+/// Splits a SASL PLAIN response (`authzid NUL username NUL password`).
+pub(crate) fn plain_credentials(response: &[u8]) -> Result<(&str, &str), String> {
+    let mut parts = response.split(|b| *b == 0);
+    let (Some(_authzid), Some(user), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("malformed PLAIN response".to_string());
+    };
+    let user = std::str::from_utf8(user).map_err(|_| "username is not UTF-8")?;
+    let pass = std::str::from_utf8(pass).map_err(|_| "password is not UTF-8")?;
+    Ok((user, pass))
 }
 
 impl SaslAcceptor for PlatformSasl {

@@ -1,7 +1,7 @@
 //! An AMQP 1.0 server that behaves like IoT Platform's server-side
 //! subscription, so the bridge, its tests and a first run have a faithful source.
 
-mod auth;
+pub(crate) mod auth;
 mod certs;
 mod connection;
 mod generator;

@@ -98,9 +98,11 @@ pub(crate) fn until_ready(ready: &tokio::sync::watch::Receiver<bool>) -> BoxFutu
 /// Whether a sink's last send got through, for the readiness of sinks whose
 /// client keeps no connection state we can ask (Kafka, RocketMQ): a transient
 /// failure makes the sink not ready until a send succeeds again.
+#[cfg(any(feature = "kafka", feature = "rocketmq"))]
 #[derive(Debug)]
 pub(crate) struct LastSend(std::sync::atomic::AtomicBool);
 
+#[cfg(any(feature = "kafka", feature = "rocketmq"))]
 impl LastSend {
     pub(crate) fn new() -> Arc<LastSend> {
         Arc::new(LastSend(std::sync::atomic::AtomicBool::new(true)))
@@ -203,7 +205,13 @@ pub fn build(
             })?,
         )),
         crate::config::SinkConfig::Stdout(_) => Ok(Arc::new(stdout::StdoutSink::new(name))),
+        #[cfg(feature = "kafka")]
         crate::config::SinkConfig::Kafka(c) => Ok(Arc::new(kafka::KafkaSink::start(name, c)?)),
+        #[cfg(not(feature = "kafka"))]
+        crate::config::SinkConfig::Kafka(_) => Err(SinkBuildError::Invalid {
+            name: name.to_string(),
+            message: "this build has no Kafka support (cargo feature `kafka`)".into(),
+        }),
         #[cfg(feature = "rocketmq")]
         crate::config::SinkConfig::RocketMq(c) => {
             Ok(Arc::new(rocketmq::RocketMqSink::start(name, c)?))

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use fe2o3_amqp::link::delivery::Delivery;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::MessageId;
-use fe2o3_amqp::types::messaging::{Body, Properties};
+use fe2o3_amqp::types::messaging::{Body, Message, Properties};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 
 use crate::envelope::Envelope;
@@ -53,7 +53,14 @@ pub const AMQP_FIELDS: [&str; 11] = [
 /// Copies the body once into shared bytes and renders the properties as text;
 /// `None` for a body with no byte form (an AMQP sequence, a compound value).
 pub fn to_envelope(delivery: Delivery<Body<Value>>, reading: &Reading) -> Option<Envelope> {
-    let message = delivery.into_message();
+    message_to_envelope(delivery.into_message(), reading)
+}
+
+/// [`to_envelope`] for a message already taken out of its delivery.
+pub(crate) fn message_to_envelope(
+    message: Message<Body<Value>>,
+    reading: &Reading,
+) -> Option<Envelope> {
     // The AMQP metadata goes first: a property is looked up by its first
     // occurrence, so an application property named `amqp.subject` cannot
     // pass for the real subject in a predicate, template or dedup key.

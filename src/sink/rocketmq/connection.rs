@@ -145,6 +145,8 @@ impl Connection {
         let frame = command
             .encode()
             .map_err(|e| RemotingError::Unframeable(e.to_string()))?;
+        // Debug shows ACL signatures and tokens as ***.
+        tracing::trace!(addr = %self.addr, ?command, "RocketMQ request");
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(opaque, tx);
         // Forget the waiter however this request ends (timeout, cancellation).
@@ -256,6 +258,7 @@ async fn read_frames(
             tracing::debug!(%addr, code = command.code, "ignored a request from the server");
             continue;
         }
+        tracing::trace!(%addr, ?command, "RocketMQ response");
         if let Some(waiter) = lock(&pending).remove(&command.opaque) {
             let _ = waiter.send(command);
         }

@@ -7,7 +7,7 @@
 //! NOTES.md (build cost measured on this project's machine).
 
 mod acl;
-mod codec;
+pub(crate) mod codec;
 mod connection;
 mod message;
 mod name_server;
@@ -29,6 +29,15 @@ pub use connection::{Connection, Pool, RemotingError};
 pub use message::{check_topic, encode_properties, property_name, RESERVED_PREFIX};
 pub use response::classify;
 pub use route::{parse_lenient, MessageQueue, TopicRouteData};
+
+/// What a broker's answer means for the message sent (for the fuzz target).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn classify_response(
+    command: &Command,
+    not_durable: NotDurablePolicy,
+) -> Result<(), SinkError> {
+    response::classify(command.code, command.remark.as_deref(), not_durable)
+}
 
 use name_server::NameServers;
 use topic_routes::TopicRoutes;
