@@ -6,6 +6,7 @@
 # stops the script; libFuzzer leaves the input in fuzz/artifacts/<target>.
 #   scripts/fuzz.sh 30             # every target, 30 s each (the test script)
 #   scripts/fuzz.sh 0 config 10000000   # one target, 10 M executions, no time limit
+#   scripts/fuzz.sh build               # only build the targets
 # libFuzzer needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain take them.
 set -euo pipefail
@@ -22,6 +23,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 cargo fuzz build -O
+[ "$seconds" = build ] && exit 0
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo fuzz list); do

@@ -6,8 +6,22 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 cargo fmt --all -- --check
+
+# The fuzz targets (their own build, fuzz/target) compile at the lowest
+# priority alongside the rest, on the CPU time the lints and tests leave idle.
+mkdir -p target
+fuzz_log=target/fuzz-build.log
+nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+fuzz_build=$!
+
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features --no-fail-fast
+
+if ! wait "$fuzz_build"; then
+  tail -n 40 "$fuzz_log" >&2
+  echo "test: building the fuzz targets failed (log: $fuzz_log)" >&2
+  exit 1
+fi
 # Every fuzz target briefly (libFuzzer, fuzz/), so the targets cannot rot;
 # the long runs and their figures are in NOTES.md.
 ./scripts/fuzz.sh "${AMQP_BRIDGE_FUZZ_SECONDS:-10}"

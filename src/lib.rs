@@ -1,6 +1,39 @@
 //! amqp-bridge: consumes an AMQP 1.0 source (first of all Alibaba Cloud IoT
 //! Platform's server-side subscription) and forwards each message to the sinks
 //! its routes name, settling it at the source only after they confirmed.
+//!
+//! # One message, from source to settle
+//!
+//! 1. [`config`] reads the YAML once: `${VAR}` interpolation, every key with
+//!    its file:line:column on error, secrets that print as `***`.
+//!    [`bridge::Bridge::start`] builds the sinks, the [`route::Router`] and the
+//!    [`pipeline::Pipeline`], then the source connections.
+//! 2. [`source::subscriber`] keeps N connections up (a freshly signed login
+//!    per attempt for the platform, see [`source::aliyun`]; fixed credentials
+//!    for a generic broker, see [`source::connect`]). Each runs one receiver
+//!    in [`source::link`], which grants credit only for free in-flight slots,
+//!    so a stalled sink stops intake instead of filling memory.
+//! 3. [`source::message`] turns a delivery into an [`envelope::Envelope`]:
+//!    the body as shared bytes, the properties as text. The delivery becomes
+//!    a [`envelope::Settlement`], which must be settled exactly once.
+//! 4. [`pipeline`] asks [`dedup`] whether the messageId was delivered
+//!    already, asks the [`route::Router`] which routes match (topic filter
+//!    index, property and JSON predicates), renders each target's
+//!    [`route::Template`]s and, for `order_by` routes, waits its turn in
+//!    [`route::status_order`].
+//! 5. Each copy goes to its [`sink::Sink`] ([`sink::mqtt`], `sink::kafka`,
+//!    `sink::rocketmq`, [`sink::file`], [`sink::stdout`]); a send resolves
+//!    only when the broker confirmed it. Transient failures retry with
+//!    [`backoff`] while the message keeps its slot; permanent ones go to the
+//!    dead-letter sink ([`sink::record`]) or get the configured outcome.
+//! 6. When every copy is confirmed (or dead-lettered), the settlement goes
+//!    back to the link, which accepts at the source; a give-up or shutdown
+//!    releases instead, so the source redelivers.
+//!
+//! Beside the path: [`telemetry`] (metrics, `/healthz`, `/readyz`, logs),
+//! [`tls`] (one rustls setup, verification always on), and behind cargo
+//! features the IoT Platform emulator (`emulator`), the embedded demo
+//! (`demo`) and the fuzz targets' entry points (`fuzzing`).
 
 /// The git commit this build came from (`GIT_COMMIT` or `git rev-parse`).
 pub const BUILD_COMMIT: &str = env!("AMQP_BRIDGE_COMMIT");

@@ -19,7 +19,7 @@ pub struct AuthRules {
     pub keys: HashMap<String, String>,
     pub consumer_groups: HashSet<String>,
     pub max_skew: Duration,
-    /// The last passwords clients sent (at most [`PASSWORDS_KEPT`]), so a
+    /// The last passwords clients sent (at most `PASSWORDS_KEPT`), so a
     /// test can search a bridge's output for its signed passwords.
     pub passwords_seen: Mutex<std::collections::VecDeque<String>>,
 }

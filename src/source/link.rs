@@ -1,6 +1,6 @@
 //! One receiver link: grants credit only for free in-flight slots, turns each
-//! delivery into an [`Envelope`] with its [`Settlement`], and applies the
-//! outcomes the pipeline sends back.
+//! delivery into an [`Envelope`](crate::envelope::Envelope) with its
+//! [`Settlement`], and applies the outcomes the pipeline sends back.
 
 use std::sync::Arc;
 
