@@ -20,6 +20,7 @@ fn main() {
         .unwrap_or(5_000_000);
     let sink: Arc<dyn Sink> = Arc::new(amqp_bridge::sink::stdout::StdoutSink::new("out"));
     let metrics = Metrics::new(1024, &[sink], &["all".to_string()]);
+    let route = metrics.route_counters(&["all".to_string()]).remove(0);
     let connection = metrics.connection("bench");
     let generate_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -41,7 +42,7 @@ fn main() {
         connection.received();
         let received_at = Instant::now();
         metrics.pipeline_entered();
-        metrics.route(0).inc();
+        route.inc();
         let sink = metrics.sink(0);
         let sent = Instant::now();
         sink.confirmed.inc();

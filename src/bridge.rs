@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Plan};
 use crate::route::{RouteError, Router};
 use crate::sink::{self, Sink, SinkBuildError};
 use crate::source::link::LinkContext;
@@ -31,8 +31,23 @@ pub enum BridgeError {
     Telemetry(#[from] ListenError),
 }
 
+/// Why a reload was not applied; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "{0} changed; a reload applies routes, unrouted, dead_letter and retry — restart the bridge to apply the rest"
+    )]
+    NeedsRestart(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
 /// A running bridge.
 pub struct Bridge {
+    /// The configuration running now: what a reload compares against.
+    config: std::sync::Mutex<Config>,
+    /// Sink name → index in the pipeline's sinks.
+    sink_index: HashMap<String, usize>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
@@ -81,30 +96,16 @@ impl Bridge {
             metrics.connection(name);
         }
         let health = Arc::new(Health::new(sinks.clone(), connections, metrics.clone()));
-        // Checked like a route's targets: a name without a sink is an error.
-        let dead_letter = config
-            .dead_letter
-            .as_ref()
-            .map(|name| {
-                index
-                    .get(&name.0)
-                    .copied()
-                    .ok_or_else(|| RouteError::Invalid {
-                        route: "dead_letter".into(),
-                        message: format!("no sink `{name}`"),
-                    })
-            })
-            .transpose()?;
+        let dead_letter = dead_letter_index(config, &index)?;
+        let plan = Plan::new(router, dead_letter, config.retry.clone(), &metrics);
         let pipeline = Arc::new(
             Pipeline::new(
-                router,
+                plan,
                 sinks.clone(),
-                dead_letter,
                 config
                     .dedup
                     .as_ref()
                     .map(|d| crate::dedup::Dedup::keyed(d.ttl.0, d.capacity, d.amqp_message_id)),
-                config.retry.clone(),
                 metrics.clone(),
             )
             .with_undeliverable(config.source.undeliverable_outcome.disposition()),
@@ -159,6 +160,8 @@ impl Bridge {
             ));
         }
         Ok(Bridge {
+            config: std::sync::Mutex::new(config.clone()),
+            sink_index: index,
             metrics,
             health,
             pipeline,
@@ -168,6 +171,56 @@ impl Bridge {
             telemetry_addr,
             telemetry_stop: telemetry_stop.drop_guard(),
         })
+    }
+
+    /// Applies a changed configuration while messages flow: new routes, the
+    /// unrouted policy, the dead-letter sink and retries take over for
+    /// messages that arrive from now on; messages in flight finish on the
+    /// routes they started with. Sinks and the source keep their connections.
+    /// A change anywhere else is refused (the running configuration stays)
+    /// and named, since it needs a restart.
+    pub fn reload(&self, new: &Config) -> Result<(), ReloadError> {
+        let mut running = self
+            .config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = self.apply(&running, new);
+        self.metrics.config_reloaded(result.is_ok());
+        result?;
+        for warning in new.delivery_warnings() {
+            tracing::warn!("{warning}");
+        }
+        *running = new.clone();
+        Ok(())
+    }
+
+    fn apply(&self, running: &Config, new: &Config) -> Result<(), ReloadError> {
+        let changed: Vec<&str> = [
+            ("source", running.source != new.source),
+            ("sinks", running.sinks != new.sinks),
+            ("dedup", running.dedup != new.dedup),
+            ("max_in_flight", running.max_in_flight != new.max_in_flight),
+            (
+                "shutdown_timeout",
+                running.shutdown_timeout != new.shutdown_timeout,
+            ),
+            ("telemetry", running.telemetry != new.telemetry),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed.join(", ")));
+        }
+        let router = Router::new(&new.routes, &new.unrouted, &self.sink_index)?;
+        let dead_letter = dead_letter_index(new, &self.sink_index)?;
+        self.pipeline.replace_plan(Plan::new(
+            router,
+            dead_letter,
+            new.retry.clone(),
+            &self.metrics,
+        ));
+        Ok(())
     }
 
     /// The bridge's metrics: the counters every report reads.
@@ -204,4 +257,25 @@ impl Bridge {
         }
         drop(self.telemetry_stop);
     }
+}
+
+/// The dead-letter sink's index; checked like a route's targets, so a name
+/// without a sink is an error.
+fn dead_letter_index(
+    config: &Config,
+    index: &HashMap<String, usize>,
+) -> Result<Option<usize>, RouteError> {
+    config
+        .dead_letter
+        .as_ref()
+        .map(|name| {
+            index
+                .get(&name.0)
+                .copied()
+                .ok_or_else(|| RouteError::Invalid {
+                    route: "dead_letter".into(),
+                    message: format!("no sink `{name}`"),
+                })
+        })
+        .transpose()
 }

@@ -198,10 +198,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             show_password,
         } => sign(&config, show_password),
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
+        Command::Run { config: path } => {
+            let (config, hash) = load_config(&path)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run_bridge(config))
+            runtime.block_on(run_bridge(config, &path, hash))
         }
         #[cfg(feature = "emulator")]
         Command::Emulate(args) => {
@@ -261,21 +261,67 @@ async fn healthcheck(url: &url::Url) -> ExitCode {
     }
 }
 
-async fn run_bridge(config: Config) -> anyhow::Result<ExitCode> {
+/// Reads and checks a configuration file; also returns a short hash of its
+/// text, which the logs show at start and on every reload.
+fn load_config(path: &Path) -> Result<(Config, String), amqp_bridge::config::ConfigError> {
+    use sha2::Digest;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| amqp_bridge::config::ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let config = Config::parse(&text, path, |name| std::env::var(name).ok())?;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hash = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok((config, hash))
+}
+
+async fn run_bridge(config: Config, path: &Path, hash: String) -> anyhow::Result<ExitCode> {
     tracing::info!(
         routes = config.routes.len(),
         sinks = config.sinks.0.len(),
         connections = config.source.connections,
+        config = %path.display(),
+        config_hash = %hash,
         "starting amqp-bridge"
     );
     let mut signals = Signals::install();
     let bridge = Bridge::start(&config).await?;
-    signals.shutdown().await;
+    while let Signal::Reload = signals.next().await {
+        reload(&bridge, path);
+    }
     tracing::info!(
         "shutting down: /readyz is 503, no new messages; waiting for in-flight confirmations"
     );
     bridge.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: re-reads the file; an invalid file or a change that needs a
+/// restart is logged (file:line:column for the former) and the running
+/// configuration stays.
+fn reload(bridge: &Bridge, path: &Path) {
+    let (config, hash) = match load_config(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            bridge.metrics().config_reloaded(false);
+            tracing::error!(%error, "configuration reload refused; the running configuration stays");
+            return;
+        }
+    };
+    match bridge.reload(&config) {
+        Ok(()) => tracing::info!(
+            config = %path.display(),
+            config_hash = %hash,
+            routes = config.routes.len(),
+            "configuration reloaded: new messages take the new routes"
+        ),
+        Err(error) => tracing::error!(
+            %error,
+            config_hash = %hash,
+            "configuration reload refused; the running configuration stays"
+        ),
+    }
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {
@@ -452,10 +498,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT/SIGTERM end the process (after a drain); SIGHUP is logged and
-/// ignored: it must never end the process without a drain (its default
-/// action), and there is no configuration reload yet. Installed before
-/// anything starts, so no signal finds the default action in place.
+/// What a signal asks for.
+enum Signal {
+    Shutdown,
+    Reload,
+}
+
+/// SIGINT/SIGTERM end the process (after a drain); SIGHUP reloads the
+/// configuration under `run` and is logged and ignored elsewhere: it must
+/// never end the process without a drain (its default action). Installed
+/// before anything starts, so no signal finds the default action in place.
 struct Signals {
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
@@ -477,8 +529,8 @@ impl Signals {
         Signals {}
     }
 
-    /// Resolves on SIGINT or SIGTERM.
-    async fn shutdown(&mut self) {
+    /// The next SIGINT/SIGTERM (shutdown) or SIGHUP (reload).
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             async fn next(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -487,19 +539,25 @@ impl Signals {
                     None => std::future::pending().await,
                 }
             }
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return,
-                    Some(()) = next(&mut self.terminate) => return,
-                    Some(()) = next(&mut self.hangup) => {
-                        tracing::warn!("SIGHUP ignored: configuration reload is not supported yet; restart to apply changes");
-                    }
-                }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Shutdown,
+                Some(()) = next(&mut self.terminate) => Signal::Shutdown,
+                Some(()) = next(&mut self.hangup) => Signal::Reload,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Shutdown
+        }
+    }
+
+    /// Resolves on SIGINT or SIGTERM; SIGHUP is logged and ignored (the
+    /// emulator and the demo have no configuration file to reload).
+    #[cfg(feature = "emulator")]
+    async fn shutdown(&mut self) {
+        while let Signal::Reload = self.next().await {
+            tracing::warn!("SIGHUP ignored: nothing to reload here");
         }
     }
 }

@@ -71,15 +71,44 @@ impl Delivery {
     }
 }
 
+/// The part of the configuration a reload may replace while messages flow:
+/// routes, the unrouted policy, the dead-letter sink and retries. A message
+/// takes the plan current when it arrives and finishes on it, so no message
+/// is forwarded partly by old routes and partly by new ones.
+pub struct Plan {
+    router: Router,
+    /// `route_matched` of each route, in the router's order.
+    route_matched: Vec<prometheus_client::metrics::counter::Counter>,
+    /// Where permanently failed copies go (index into the sinks).
+    dead_letter: Option<usize>,
+    retry: RetryConfig,
+}
+
+impl Plan {
+    /// A plan over compiled routes; `metrics` gives each route its counter.
+    pub fn new(
+        router: Router,
+        dead_letter: Option<usize>,
+        retry: RetryConfig,
+        metrics: &Metrics,
+    ) -> Plan {
+        let route_matched = metrics.route_counters(&router.route_names());
+        Plan {
+            router,
+            route_matched,
+            dead_letter,
+            retry,
+        }
+    }
+}
+
 /// Routes and delivers messages; one task per message, its targets in parallel.
 pub struct Pipeline {
-    router: Router,
+    /// Swapped whole by a reload; read once per message.
+    plan: std::sync::RwLock<Arc<Plan>>,
     sinks: Vec<Arc<dyn Sink>>,
-    /// Where permanently failed copies go (index into `sinks`).
-    dead_letter: Option<usize>,
     dedup: Option<Arc<Dedup>>,
     status_order: Arc<StatusOrder>,
-    retry: RetryConfig,
     /// What a message gets when a copy failed for good and there is no
     /// dead-letter sink.
     undeliverable: Disposition,
@@ -91,20 +120,16 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline over compiled routes and started sinks.
     pub fn new(
-        router: Router,
+        plan: Plan,
         sinks: Vec<Arc<dyn Sink>>,
-        dead_letter: Option<usize>,
         dedup: Option<Arc<Dedup>>,
-        retry: RetryConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
         Pipeline {
-            router,
+            plan: std::sync::RwLock::new(Arc::new(plan)),
             sinks,
-            dead_letter,
             dedup,
             status_order: Arc::new(StatusOrder::default()),
-            retry,
             undeliverable: Disposition::Release,
             metrics,
             tasks: TaskTracker::new(),
@@ -119,18 +144,40 @@ impl Pipeline {
         self
     }
 
+    /// The plan new messages start on.
+    fn current_plan(&self) -> Arc<Plan> {
+        self.plan
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `plan` the one new messages start on; messages in flight finish
+    /// on the plan they started with. Its sink indices must be this
+    /// pipeline's.
+    pub fn replace_plan(&self, plan: Plan) {
+        *self
+            .plan
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(plan);
+    }
+
     /// Takes one delivery; it is settled once its fate is known.
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
         let received_at = Instant::now();
         let in_pipeline = InPipeline::enter(&self.metrics);
+        let plan = self.current_plan();
         let this = self.clone();
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);
             let envelope = Arc::new(envelope);
             let id = this.dedup.as_ref().and_then(|dedup| dedup.id_of(&envelope));
             let disposition = match (&this.dedup, id) {
-                (Some(dedup), Some(id)) => this.process_once(dedup, id.to_string(), envelope).await,
-                _ => this.process(envelope).await,
+                (Some(dedup), Some(id)) => {
+                    this.process_once(&plan, dedup, id.to_string(), envelope)
+                        .await
+                }
+                _ => this.process(&plan, envelope).await,
             };
             this.metrics
                 .settle_seconds
@@ -147,6 +194,7 @@ impl Pipeline {
     /// copy in flight is waited for rather than forwarded a second time.
     async fn process_once(
         &self,
+        plan: &Plan,
         dedup: &Arc<Dedup>,
         id: String,
         envelope: Arc<Envelope>,
@@ -162,7 +210,7 @@ impl Pipeline {
                     let _ = ended.wait_for(|ended| *ended).await;
                 }
                 Claim::Fresh(first) => {
-                    let disposition = self.process(envelope).await;
+                    let disposition = self.process(plan, envelope).await;
                     first.finish(disposition == Disposition::Accept);
                     return disposition;
                 }
@@ -170,11 +218,11 @@ impl Pipeline {
         }
     }
 
-    async fn process(&self, envelope: Arc<Envelope>) -> Disposition {
-        let routes = self.router.matching(&envelope);
+    async fn process(&self, plan: &Plan, envelope: Arc<Envelope>) -> Disposition {
+        let routes = plan.router.matching(&envelope);
         if routes.is_empty() {
             let unrouted = &self.metrics.unrouted;
-            return match self.router.unrouted {
+            return match plan.router.unrouted {
                 Unrouted::Accept => {
                     unrouted.accept.inc();
                     Disposition::Accept
@@ -201,14 +249,14 @@ impl Pipeline {
                         keys: Vec::new(),
                     };
                     let copy = self
-                        .deliver_or_dead_letter("unrouted", &target, &envelope)
+                        .deliver_or_dead_letter(plan, "unrouted", &target, &envelope)
                         .await;
                     Delivery::outcome([copy], self.undeliverable)
                 }
             };
         }
         for route in &routes {
-            self.metrics.route(route.index).inc();
+            plan.route_matched[route.index].inc();
         }
         // Asked once per message, however many `order_by: time` routes match.
         let mut status = None;
@@ -226,7 +274,7 @@ impl Pipeline {
             .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route, t)))
             .map(|(route, target)| async move {
                 let outcome = self
-                    .deliver_or_dead_letter(&route.name, target, envelope)
+                    .deliver_or_dead_letter(plan, &route.name, target, envelope)
                     .await;
                 (route.order_by_time, outcome)
             });
@@ -272,17 +320,18 @@ impl Pipeline {
     /// Sends one copy; a copy that fails for good goes to the dead-letter sink.
     async fn deliver_or_dead_letter(
         &self,
+        plan: &Plan,
         route: &str,
         target: &Target,
         envelope: &Arc<Envelope>,
     ) -> Delivery {
-        let (error, without_dead_letter) = match self.deliver(route, target, envelope).await {
+        let (error, without_dead_letter) = match self.deliver(plan, route, target, envelope).await {
             Ok(()) => return Delivery::Confirmed,
             Err(SinkError::Transient(_)) => return Delivery::Failed,
             Err(SinkError::Permanent(error)) => (error, Delivery::Undeliverable),
             Err(SinkError::GaveUp(error)) => (error, Delivery::Failed),
         };
-        let Some(dead_letter) = self.dead_letter else {
+        let Some(dead_letter) = plan.dead_letter else {
             return without_dead_letter;
         };
         let message = Outgoing {
@@ -306,7 +355,10 @@ impl Pipeline {
                 error,
             })),
         };
-        match self.send_with_retry(route, dead_letter, message).await {
+        match self
+            .send_with_retry(&plan.retry, route, dead_letter, message)
+            .await
+        {
             Ok(()) => {
                 self.metrics.sink(target.sink).dead_letters.inc();
                 Delivery::DeadLettered
@@ -319,6 +371,7 @@ impl Pipeline {
     /// fill is a permanent failure) and sends the copy with retries.
     async fn deliver(
         &self,
+        plan: &Plan,
         route: &str,
         target: &Target,
         envelope: &Arc<Envelope>,
@@ -353,13 +406,15 @@ impl Pipeline {
             keys,
             failure: None,
         };
-        self.send_with_retry(route, target.sink, message).await
+        self.send_with_retry(&plan.retry, route, target.sink, message)
+            .await
     }
 
     /// Sends one copy, retrying transient failures until it succeeds, fails
     /// for good, runs past `retry.max_elapsed`, or shutdown gives up.
     async fn send_with_retry(
         &self,
+        retry: &RetryConfig,
         route: &str,
         sink: usize,
         message: Outgoing,
@@ -367,7 +422,7 @@ impl Pipeline {
         let metrics = self.metrics.sink(sink);
         let sink = &self.sinks[sink];
         let envelope = &message.envelope;
-        let mut backoff = Backoff::new(self.retry.initial.0, self.retry.max.0);
+        let mut backoff = Backoff::new(retry.initial.0, retry.max.0);
         let started = Instant::now();
         loop {
             let sent = Instant::now();
@@ -390,8 +445,7 @@ impl Pipeline {
                 Err(e) => e,
             };
             let timed_out = matches!(error, SinkError::Transient(_))
-                && self
-                    .retry
+                && retry
                     .max_elapsed
                     .is_some_and(|max| started.elapsed() >= max.0);
             if matches!(error, SinkError::Transient(_)) {

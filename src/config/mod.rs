@@ -92,7 +92,7 @@ fn default_shutdown_timeout() -> HumanDuration {
 
 /// TLS settings; server certificates are always verified. A client
 /// certificate needs its key and the other way round.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, try_from = "RawTls")]
 pub struct TlsConfig {
     /// PEM file with the CA certificates to trust instead of the system roots.
@@ -160,7 +160,7 @@ impl TryFrom<RawTls> for TlsConfig {
 }
 
 /// The messageId window that drops redelivered duplicates.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     #[serde(default = "default_dedup_ttl")]
@@ -182,7 +182,7 @@ fn default_dedup_capacity() -> usize {
 
 /// Backoff for a failed target: doubles from `initial` to `max`, with jitter;
 /// after `max_elapsed` (if set) the failure counts as permanent.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     #[serde(default = "default_retry_initial")]
@@ -211,7 +211,7 @@ impl Default for RetryConfig {
 }
 
 /// Where `/metrics`, `/healthz` and `/readyz` listen.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     #[serde(default = "default_listen")]

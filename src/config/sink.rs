@@ -16,7 +16,7 @@ pub use crate::sink::kafka::config::KafkaSinkConfig;
 pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "rocketmq", "file", "stdout"];
 
 /// One named sink.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
@@ -44,7 +44,7 @@ impl SinkConfig {
 }
 
 /// An MQTT broker (Mosquitto, EMQX, Alibaba MQ for MQTT ...).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSinkConfig {
     pub kind: String,
@@ -147,7 +147,7 @@ pub enum MqttAuthMode {
 }
 
 /// Alibaba Cloud MQ for MQTT credentials.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, try_from = "RawMqttAuth")]
 pub struct MqttAuthConfig {
     pub mode: MqttAuthMode,
@@ -213,7 +213,7 @@ fn default_keep_alive() -> HumanDuration {
 
 /// Free-form client properties; names that look like credentials print as
 /// `***` in `check` output and in Debug.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(transparent)]
 pub struct ClientProperties(pub BTreeMap<String, String>);
 
@@ -264,7 +264,7 @@ pub fn is_secret_property(name: &str) -> bool {
 
 /// An Apache RocketMQ 4.x/5.x cluster or an Alibaba Cloud RocketMQ instance,
 /// over the remoting protocol (name server + broker ports).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RocketMqSinkConfig {
     pub kind: String,
@@ -317,7 +317,7 @@ pub struct RocketMqSinkConfig {
 }
 
 /// RocketMQ ACL credentials.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RocketMqAcl {
     pub access_key: String,
@@ -423,7 +423,7 @@ impl<'de> Visitor<'de> for NameServersVisitor {
 }
 
 /// JSON lines appended to a file, fsynced before a message counts as delivered.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     pub kind: String,
@@ -435,7 +435,7 @@ pub struct FileSinkConfig {
 }
 
 /// JSON lines on standard output, for trying routes out.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
     pub kind: String,
@@ -484,7 +484,7 @@ impl<'de> Deserialize<'de> for MqttUrl {
 
 /// The sinks map; each value is parsed as the struct of its `kind`, which the
 /// first parsing pass found, so unknown keys are reported at their own line.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 #[serde(transparent)]
 pub struct Sinks(pub BTreeMap<String, SinkConfig>);
 

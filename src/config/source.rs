@@ -120,7 +120,7 @@ impl UndeliverableOutcome {
 
 /// The source block; field names are the YAML keys. Keys of one kind are
 /// empty (`""`, `None`) under the other; parsing rejects them there.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub url: AmqpUrl,
@@ -578,7 +578,7 @@ fn idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Err
 }
 
 /// Exponential backoff between reconnect attempts, with jitter.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// First delay after a failure.

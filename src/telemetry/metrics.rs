@@ -187,7 +187,8 @@ pub struct Metrics {
     registry: Registry,
     connections: Arc<RwLock<Vec<Arc<ConnectionMetrics>>>>,
     sinks: Vec<SinkMetrics>,
-    routes: Vec<Counter>,
+    /// `route_matched`, by route name; a reload adds the names it brings.
+    route_matched: Family<Labels, Counter>,
     pub unrouted: UnroutedMetrics,
     pub duplicates: Counter,
     pub stale_status: Counter,
@@ -199,6 +200,15 @@ pub struct Metrics {
     in_pipeline: AtomicU64,
     in_flight_peak: AtomicU64,
     ready: Gauge,
+    config_reloads: ReloadMetrics,
+}
+
+/// `config_reloads_total{outcome}` and whether the last one was applied.
+#[derive(Debug)]
+struct ReloadMetrics {
+    applied: Counter,
+    refused: Counter,
+    last_successful: Gauge,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -276,10 +286,9 @@ impl Metrics {
             "Messages a route matched",
             matched.clone(),
         );
-        let routes = routes
-            .iter()
-            .map(|name| matched.get_or_create_owned(&vec![("route", name.clone())]))
-            .collect();
+        for name in routes {
+            matched.get_or_create_owned(&vec![("route", name.clone())]);
+        }
 
         let copies = Family::<Labels, Counter>::default();
         registry.register(
@@ -348,12 +357,32 @@ impl Metrics {
             ]),
         );
         registry.register_collector(Box::new(super::process::ProcessCollector));
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "amqp_bridge_config_reloads",
+            "Configuration reloads (SIGHUP) by outcome: applied, or refused (invalid, or a change that needs a restart)",
+            reloads.clone(),
+        );
+        let last_successful = Gauge::<i64>::default();
+        last_successful.set(1);
+        registry.register(
+            "amqp_bridge_config_last_reload_successful",
+            "0 when the last reload was refused: the running configuration is not the file's",
+            last_successful.clone(),
+        );
+        let reload_outcome =
+            |outcome: &str| reloads.get_or_create_owned(&vec![("outcome", outcome.to_string())]);
+        let config_reloads = ReloadMetrics {
+            applied: reload_outcome("applied"),
+            refused: reload_outcome("refused"),
+            last_successful,
+        };
 
         Metrics {
             registry,
             connections,
             sinks,
-            routes,
+            route_matched: matched,
             unrouted,
             duplicates,
             stale_status,
@@ -362,6 +391,7 @@ impl Metrics {
             in_pipeline: AtomicU64::new(0),
             in_flight_peak: AtomicU64::new(0),
             ready,
+            config_reloads,
         }
     }
 
@@ -395,9 +425,27 @@ impl Metrics {
         &self.sinks[index]
     }
 
-    /// The matched counter of the route at this router index.
-    pub fn route(&self, index: usize) -> &Counter {
-        &self.routes[index]
+    /// The matched counters of these routes, in the router's order; created
+    /// at 0 for a name not seen before (a route a reload added).
+    pub fn route_counters(&self, names: &[String]) -> Vec<Counter> {
+        names
+            .iter()
+            .map(|name| {
+                self.route_matched
+                    .get_or_create_owned(&vec![("route", name.clone())])
+            })
+            .collect()
+    }
+
+    /// Counts a configuration reload, applied or refused.
+    pub fn config_reloaded(&self, applied: bool) {
+        let reloads = &self.config_reloads;
+        if applied {
+            reloads.applied.inc();
+        } else {
+            reloads.refused.inc();
+        }
+        reloads.last_successful.set(i64::from(applied));
     }
 
     /// A message entered the pipeline; keeps the peak for `in_flight_peak`.
@@ -677,7 +725,7 @@ mod tests {
         c.settled(SourceOutcome::Accepted);
         c.settled(SourceOutcome::Released);
         metrics.sink(0).confirmed.inc();
-        metrics.route(0).inc();
+        metrics.route_counters(&["props".to_string()])[0].inc();
         let text = metrics.encode();
         assert!(text.contains("amqp_bridge_source_received_total{connection=\"bridge-0\"} 3\n"));
         assert!(text.contains(

@@ -99,6 +99,11 @@ impl BridgeProcess {
         }
     }
 
+    /// The running process's id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Starts the same configuration again after [`BridgeProcess::kill`].
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");

@@ -18,7 +18,7 @@ use crate::config::values::{duration_in, integer_in, parse_str_with};
 use crate::config::{ClientProperties, HumanDuration, Secret, TlsConfig};
 
 /// A Kafka cluster (librdkafka producer, acks=all and idempotence by default).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, try_from = "RawKafkaSinkConfig")]
 pub struct KafkaSinkConfig {
     /// Always `kafka` (the key that selected this schema).
@@ -263,7 +263,7 @@ fn delivery_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HumanDurat
 }
 
 /// A SASL login to the cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (`sasl.mechanism`).

@@ -1,0 +1,224 @@
+//! Configuration reload (SIGHUP): new routes take over for new messages while
+//! messages in flight finish on the routes they started with; an invalid
+//! file or a change that needs a restart leaves the running configuration
+//! in place. Real Mosquitto, the emulator as source, counted exactly.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use amqp_bridge::bridge::{Bridge, ReloadError};
+use amqp_bridge::config::Config;
+use common::bridge_process::BridgeProcess;
+use common::mosquitto::{free_port, Mosquitto};
+use common::subscriber::Subscriber;
+use common::*;
+
+fn parse(text: &str) -> Config {
+    Config::parse(text, Path::new("reload.yaml"), |_| None).expect("test config parses")
+}
+
+/// One route that sends every message twice, to `{first}/ID` and `{second}/ID`.
+fn paired(source: &str, port: u16, first: &str, second: &str) -> String {
+    format!(
+        r##"{source}sinks:
+  m: {{ kind: mqtt, url: "mqtt://127.0.0.1:{port}", client_id: reload-out }}
+routes:
+  - name: pair-{first}
+    match: {{ topic: "#" }}
+    to:
+      - {{ sink: m, topic: "{first}/{{messageId}}" }}
+      - {{ sink: m, topic: "{second}/{{messageId}}" }}
+"##
+    )
+}
+
+/// Message id → the topic prefixes it arrived under, each counted.
+fn arrivals(counts: &HashMap<String, u32>) -> HashMap<String, Vec<(String, u32)>> {
+    let mut by_id: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+    for (topic, n) in counts {
+        let (prefix, id) = topic.split_once('/').expect("prefix/id");
+        by_id
+            .entry(id.to_string())
+            .or_default()
+            .push((prefix.to_string(), *n));
+    }
+    for prefixes in by_id.values_mut() {
+        prefixes.sort();
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_replaced_under_load_lose_nothing_and_never_mix() {
+    const N: u64 = 3_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "reload-sub", "#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.rate = 1_000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-reload", "");
+    let old = parse(&paired(&source, broker.port, "a1", "a2"));
+    let new = parse(&paired(&source, broker.port, "b1", "b2"));
+
+    let bridge = Bridge::start(&old).await.unwrap();
+    let mut total = subscriber.total();
+    within(
+        60,
+        "a third of the copies",
+        total.wait_for(|t| *t >= 2 * N / 3),
+    )
+    .await
+    .unwrap();
+    bridge.reload(&new).expect("a routes-only change reloads");
+    within(120, "all accepted", emulator.all_accepted()).await;
+    // Copies of messages in flight at the reload finish on the old routes.
+    subscriber.wait_for_total(2 * N, 60).await;
+    let metrics = bridge.metrics().encode();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+
+    let by_id = arrivals(&subscriber.counts());
+    assert_eq!(by_id.len() as u64, N, "every message arrived");
+    let (mut old_routes, mut new_routes) = (0, 0);
+    for (id, prefixes) in &by_id {
+        let names: Vec<&str> = prefixes.iter().map(|(p, _)| p.as_str()).collect();
+        match names.as_slice() {
+            ["a1", "a2"] => old_routes += 1,
+            ["b1", "b2"] => new_routes += 1,
+            other => panic!("message {id} forwarded by a mix of routes: {other:?}"),
+        }
+        assert!(
+            prefixes.iter().all(|(_, n)| *n == 1),
+            "message {id} arrived more than once: {prefixes:?}"
+        );
+    }
+    eprintln!("old routes {old_routes}, new routes {new_routes}");
+    assert!(old_routes >= N / 3, "{old_routes} on the old routes");
+    assert!(new_routes > 0, "no message took the new routes");
+    assert!(
+        metrics.contains("amqp_bridge_config_reloads_total{outcome=\"applied\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("amqp_bridge_route_matched_total{route=\"pair-b1\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
+    const N: u64 = 200;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "reload-refused-sub", "#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-reload-refused", "");
+    let old = parse(&paired(&source, broker.port, "a1", "a2"));
+    // New routes, but also a different sink and in-flight limit.
+    let new = parse(&format!(
+        "{}max_in_flight: 64\n",
+        paired(&source, broker.port, "b1", "b2")
+            .replace("client_id: reload-out", "client_id: other-out")
+    ));
+    let bridge = Bridge::start(&old).await.unwrap();
+    match bridge.reload(&new) {
+        Err(error @ ReloadError::NeedsRestart(_)) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("sinks") && text.contains("max_in_flight"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    within(60, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(2 * N, 30).await;
+    let metrics = bridge.metrics().encode();
+    bridge.shutdown().await;
+    emulator.shutdown().await;
+    let prefixes: BTreeSet<String> = arrivals(&subscriber.counts())
+        .into_values()
+        .flatten()
+        .map(|(prefix, _)| prefix)
+        .collect();
+    assert_eq!(
+        prefixes,
+        BTreeSet::from(["a1".to_string(), "a2".to_string()])
+    );
+    assert!(metrics.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 1\n"));
+    assert!(metrics.contains("amqp_bridge_config_last_reload_successful 0\n"));
+}
+
+/// The real process: SIGHUP with a broken file is refused with its
+/// file:line:column and the bridge keeps running; SIGHUP with a fixed file
+/// (new routes) is applied; the process ends only on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_an_invalid_file_changes_nothing() {
+    let broker = Mosquitto::start();
+    let emulator = emulator(|c| c.count = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let at: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-sighup", "").replace(
+        "telemetry: { listen: '127.0.0.1:0' }",
+        &format!("telemetry: {{ listen: '{at}' }}"),
+    );
+    let path = dir.path().join("bridge.yaml");
+    std::fs::write(&path, paired(&source, broker.port, "a1", "a2")).unwrap();
+    let mut bridge = BridgeProcess::start_logging(&path, at, "info");
+    bridge.ready(60).await;
+
+    // Broken: a route without `to`, at a known line.
+    let broken = paired(&source, broker.port, "b1", "b2").replace("    to:\n", "    tx:\n");
+    let line = broken
+        .lines()
+        .position(|l| l.contains("tx:"))
+        .expect("the broken key")
+        + 1;
+    std::fs::write(&path, &broken).unwrap();
+    signal(bridge.pid(), "HUP");
+    eventually("the refusal logged", 30, || {
+        bridge
+            .log
+            .lock()
+            .unwrap()
+            .contains("configuration reload refused")
+    })
+    .await;
+    let log = bridge.log.lock().unwrap().clone();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("configuration reload refused"))
+        .unwrap();
+    assert!(
+        refusal.contains(&format!("bridge.yaml:{line}:")),
+        "no file:line in {refusal}"
+    );
+    let scrape = bridge.scrape().await;
+    assert!(scrape.contains("amqp_bridge_config_last_reload_successful 0\n"));
+
+    std::fs::write(&path, paired(&source, broker.port, "b1", "b2")).unwrap();
+    signal(bridge.pid(), "HUP");
+    eventually("the reload logged", 30, || {
+        bridge
+            .log
+            .lock()
+            .unwrap()
+            .contains("configuration reloaded")
+    })
+    .await;
+    let scrape = bridge.scrape().await;
+    assert!(scrape.contains("amqp_bridge_config_reloads_total{outcome=\"applied\"} 1\n"));
+    assert!(scrape.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 1\n"));
+    // The emulator pushes without end (count 0): the new route is in use.
+    assert!(
+        scrape.contains("amqp_bridge_route_matched_total{route=\"pair-b1\"}"),
+        "{scrape}"
+    );
+    bridge.ready(10).await;
+    bridge.stop(Duration::from_secs(10));
+    emulator.shutdown().await;
+}
