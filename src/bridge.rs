@@ -35,19 +35,19 @@ pub enum BridgeError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(
-        "{0} changed; a reload applies routes, unrouted, dead_letter and retry — restart the bridge to apply the rest"
+        "{0} changed; a reload applies sinks, routes, unrouted, dead_letter and retry — restart the bridge to apply the rest"
     )]
     NeedsRestart(String),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error(transparent)]
+    Sink(#[from] SinkBuildError),
 }
 
 /// A running bridge.
 pub struct Bridge {
     /// The configuration running now: what a reload compares against.
     config: std::sync::Mutex<Config>,
-    /// Sink name → index in the pipeline's sinks.
-    sink_index: HashMap<String, usize>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
@@ -95,13 +95,18 @@ impl Bridge {
         for name in &connections {
             metrics.connection(name);
         }
-        let health = Arc::new(Health::new(sinks.clone(), connections, metrics.clone()));
+        let health = Arc::new(Health::new(connections, metrics.clone()));
         let dead_letter = dead_letter_index(config, &index)?;
-        let plan = Plan::new(router, dead_letter, config.retry.clone(), &metrics);
+        let plan = Plan::new(
+            router,
+            sinks.clone(),
+            dead_letter,
+            config.retry.clone(),
+            &metrics,
+        );
         let pipeline = Arc::new(
             Pipeline::new(
                 plan,
-                sinks.clone(),
                 config
                     .dedup
                     .as_ref()
@@ -161,7 +166,6 @@ impl Bridge {
         }
         Ok(Bridge {
             config: std::sync::Mutex::new(config.clone()),
-            sink_index: index,
             metrics,
             health,
             pipeline,
@@ -173,12 +177,13 @@ impl Bridge {
         })
     }
 
-    /// Applies a changed configuration while messages flow: new routes, the
-    /// unrouted policy, the dead-letter sink and retries take over for
-    /// messages that arrive from now on; messages in flight finish on the
-    /// routes they started with. Sinks and the source keep their connections.
-    /// A change anywhere else is refused (the running configuration stays)
-    /// and named, since it needs a restart.
+    /// Applies a changed configuration while messages flow: new sinks,
+    /// routes, the unrouted policy, the dead-letter sink and retries take
+    /// over for messages that arrive from now on; messages in flight finish
+    /// on the plan they started with. A sink whose block did not change keeps
+    /// its connection; one removed or changed is closed after its last copy
+    /// in flight. A change anywhere else is refused (the running
+    /// configuration stays) and named, since it needs a restart.
     pub fn reload(&self, new: &Config) -> Result<(), ReloadError> {
         let mut running = self
             .config
@@ -197,7 +202,6 @@ impl Bridge {
     fn apply(&self, running: &Config, new: &Config) -> Result<(), ReloadError> {
         let changed: Vec<&str> = [
             ("source", running.source != new.source),
-            ("sinks", running.sinks != new.sinks),
             ("dedup", running.dedup != new.dedup),
             ("max_in_flight", running.max_in_flight != new.max_in_flight),
             (
@@ -212,10 +216,48 @@ impl Bridge {
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
-        let router = Router::new(&new.routes, &new.unrouted, &self.sink_index)?;
-        let dead_letter = dead_letter_index(new, &self.sink_index)?;
+        let current = self.pipeline.current_plan();
+        let running_sinks: Vec<&String> = running.sinks.0.keys().collect();
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        let mut started: Vec<Arc<dyn Sink>> = Vec::new();
+        let mut index = HashMap::new();
+        for (name, sink_config) in &new.sinks.0 {
+            let kept = (running.sinks.0.get(name) == Some(sink_config))
+                .then(|| running_sinks.iter().position(|n| *n == name))
+                .flatten()
+                .and_then(|i| current.sinks().get(i).cloned());
+            let sink = match kept {
+                Some(sink) => sink,
+                None => match sink::build(name, sink_config) {
+                    Ok(sink) => {
+                        started.push(sink.clone());
+                        sink
+                    }
+                    Err(error) => {
+                        close_later(started);
+                        return Err(error.into());
+                    }
+                },
+            };
+            index.insert(name.clone(), sinks.len());
+            sinks.push(sink);
+        }
+        let plan = Router::new(&new.routes, &new.unrouted, &index)
+            .map_err(ReloadError::from)
+            .and_then(|router| Ok((router, dead_letter_index(new, &index)?)));
+        let (router, dead_letter) = match plan {
+            Ok(plan) => plan,
+            Err(error) => {
+                close_later(started);
+                return Err(error);
+            }
+        };
+        for sink in &started {
+            tracing::info!(sink = sink.name(), "sink started by a reload");
+        }
         self.pipeline.replace_plan(Plan::new(
             router,
+            sinks,
             dead_letter,
             new.retry.clone(),
             &self.metrics,
@@ -278,4 +320,16 @@ fn dead_letter_index(
                 })
         })
         .transpose()
+}
+
+/// Closes sinks a refused reload had started already.
+fn close_later(sinks: Vec<Arc<dyn Sink>>) {
+    if sinks.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for sink in sinks {
+            sink.close().await;
+        }
+    });
 }

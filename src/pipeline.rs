@@ -16,6 +16,7 @@ use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::status_order::{Admission, StatusOrder, StatusTicket};
 use crate::route::{Route, Router, Target, Template, Unrouted};
 use crate::sink::{Failure, Outgoing, Sink, SinkError};
+use crate::telemetry::metrics::SinkMetrics;
 use crate::telemetry::Metrics;
 
 /// A message inside the pipeline; leaving is counted on drop, so a task
@@ -72,11 +73,18 @@ impl Delivery {
 }
 
 /// The part of the configuration a reload may replace while messages flow:
-/// routes, the unrouted policy, the dead-letter sink and retries. A message
-/// takes the plan current when it arrives and finishes on it, so no message
-/// is forwarded partly by old routes and partly by new ones.
+/// sinks, routes, the unrouted policy, the dead-letter sink and retries. A
+/// message takes the plan current when it arrives and finishes on it, so no
+/// message is forwarded partly by old routes and partly by new ones, and a
+/// sink a reload removed is closed only after its last copy.
 pub struct Plan {
     router: Router,
+    /// The sinks targets point into; a sink unchanged by a reload is the
+    /// same `Arc` in the old and the new plan.
+    sinks: Vec<Arc<dyn Sink>>,
+    sink_metrics: Vec<SinkMetrics>,
+    /// Messages on this plan; waited for before retired sinks close.
+    in_flight: TaskTracker,
     /// `route_matched` of each route, in the router's order.
     route_matched: Vec<prometheus_client::metrics::counter::Counter>,
     /// Where permanently failed copies go (index into the sinks).
@@ -85,16 +93,31 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A plan over compiled routes; `metrics` gives each route its counter.
+    /// The plan's sinks, in the order its indices use.
+    pub fn sinks(&self) -> &[Arc<dyn Sink>] {
+        &self.sinks
+    }
+
+    /// A plan over compiled routes and started sinks (the router's and
+    /// `dead_letter`'s indices point into `sinks`); `metrics` gives each
+    /// route and sink its handles.
     pub fn new(
         router: Router,
+        sinks: Vec<Arc<dyn Sink>>,
         dead_letter: Option<usize>,
         retry: RetryConfig,
         metrics: &Metrics,
     ) -> Plan {
         let route_matched = metrics.route_counters(&router.route_names());
+        let sink_metrics = sinks
+            .iter()
+            .map(|sink| metrics.sink_metrics(sink.as_ref()))
+            .collect();
         Plan {
             router,
+            sinks,
+            sink_metrics,
+            in_flight: TaskTracker::new(),
             route_matched,
             dead_letter,
             retry,
@@ -106,7 +129,6 @@ impl Plan {
 pub struct Pipeline {
     /// Swapped whole by a reload; read once per message.
     plan: std::sync::RwLock<Arc<Plan>>,
-    sinks: Vec<Arc<dyn Sink>>,
     dedup: Option<Arc<Dedup>>,
     status_order: Arc<StatusOrder>,
     /// What a message gets when a copy failed for good and there is no
@@ -118,16 +140,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline over compiled routes and started sinks.
-    pub fn new(
-        plan: Plan,
-        sinks: Vec<Arc<dyn Sink>>,
-        dedup: Option<Arc<Dedup>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A pipeline that starts on `plan`.
+    pub fn new(plan: Plan, dedup: Option<Arc<Dedup>>, metrics: Arc<Metrics>) -> Self {
         Pipeline {
             plan: std::sync::RwLock::new(Arc::new(plan)),
-            sinks,
             dedup,
             status_order: Arc::new(StatusOrder::default()),
             undeliverable: Disposition::Release,
@@ -145,7 +161,7 @@ impl Pipeline {
     }
 
     /// The plan new messages start on.
-    fn current_plan(&self) -> Arc<Plan> {
+    pub fn current_plan(&self) -> Arc<Plan> {
         self.plan
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -153,13 +169,41 @@ impl Pipeline {
     }
 
     /// Makes `plan` the one new messages start on; messages in flight finish
-    /// on the plan they started with. Its sink indices must be this
-    /// pipeline's.
+    /// on the plan they started with. Sinks of the old plan that the new one
+    /// does not hold are closed once the old plan's last message settled.
     pub fn replace_plan(&self, plan: Plan) {
-        *self
-            .plan
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(plan);
+        let plan = Arc::new(plan);
+        self.metrics.set_sinks(&plan.sinks);
+        let old = std::mem::replace(
+            &mut *self
+                .plan
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            plan.clone(),
+        );
+        let retired: Vec<Arc<dyn Sink>> = old
+            .sinks
+            .iter()
+            .filter(|sink| !plan.sinks.iter().any(|kept| Arc::ptr_eq(sink, kept)))
+            .cloned()
+            .collect();
+        if retired.is_empty() {
+            return;
+        }
+        old.in_flight.close();
+        let in_flight = old.in_flight.clone();
+        drop(old);
+        // On the pipeline's tracker, so a shutdown's drain waits for it too.
+        self.tasks.spawn(async move {
+            in_flight.wait().await;
+            for sink in retired {
+                sink.close().await;
+                tracing::info!(
+                    sink = sink.name(),
+                    "sink removed by a reload closed after its last copy"
+                );
+            }
+        });
     }
 
     /// Takes one delivery; it is settled once its fate is known.
@@ -167,6 +211,7 @@ impl Pipeline {
         let received_at = Instant::now();
         let in_pipeline = InPipeline::enter(&self.metrics);
         let plan = self.current_plan();
+        let on_plan = plan.in_flight.token();
         let this = self.clone();
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);
@@ -187,6 +232,7 @@ impl Pipeline {
             }
             drop(in_pipeline);
             settlement.settle(disposition);
+            drop(on_plan);
         });
     }
 
@@ -236,7 +282,7 @@ impl Pipeline {
                     // An unrouted copy keeps its platform topic, made a name
                     // its broker accepts (as is on MQTT, `pk.dn.…` on Kafka).
                     let topic = envelope.topic().map(|t| {
-                        crate::route::Template::literal(&self.sinks[sink].derived_topic(t))
+                        crate::route::Template::literal(&plan.sinks[sink].derived_topic(t))
                     });
                     let target = Target {
                         sink,
@@ -337,7 +383,7 @@ impl Pipeline {
         let message = Outgoing {
             envelope: envelope.clone(),
             topic: Some(
-                self.sinks[dead_letter].derived_topic(&format!("amqp-bridge/dead-letter/{route}")),
+                plan.sinks[dead_letter].derived_topic(&format!("amqp-bridge/dead-letter/{route}")),
             ),
             qos: 1,
             retain: false,
@@ -351,16 +397,16 @@ impl Pipeline {
                 .collect(),
             failure: Some(Arc::new(Failure {
                 route: route.to_string(),
-                sink: self.sinks[target.sink].name().to_string(),
+                sink: plan.sinks[target.sink].name().to_string(),
                 error,
             })),
         };
         match self
-            .send_with_retry(&plan.retry, route, dead_letter, message)
+            .send_with_retry(plan, route, dead_letter, message)
             .await
         {
             Ok(()) => {
-                self.metrics.sink(target.sink).dead_letters.inc();
+                plan.sink_metrics[target.sink].dead_letters.inc();
                 Delivery::DeadLettered
             }
             Err(_) => Delivery::Failed,
@@ -376,13 +422,13 @@ impl Pipeline {
         target: &Target,
         envelope: &Arc<Envelope>,
     ) -> Result<(), SinkError> {
-        let sink = &self.sinks[target.sink];
+        let sink = &plan.sinks[target.sink];
         let fill = |template: Option<&Template>| -> Result<Option<String>, SinkError> {
             template
                 .map(|t| t.render(envelope))
                 .transpose()
                 .map_err(|e| {
-                    self.metrics.sink(target.sink).permanent.inc();
+                    plan.sink_metrics[target.sink].permanent.inc();
                     tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot fill template");
                     SinkError::Permanent(e.to_string())
                 })
@@ -406,7 +452,7 @@ impl Pipeline {
             keys,
             failure: None,
         };
-        self.send_with_retry(&plan.retry, route, target.sink, message)
+        self.send_with_retry(plan, route, target.sink, message)
             .await
     }
 
@@ -414,13 +460,14 @@ impl Pipeline {
     /// for good, runs past `retry.max_elapsed`, or shutdown gives up.
     async fn send_with_retry(
         &self,
-        retry: &RetryConfig,
+        plan: &Plan,
         route: &str,
         sink: usize,
         message: Outgoing,
     ) -> Result<(), SinkError> {
-        let metrics = self.metrics.sink(sink);
-        let sink = &self.sinks[sink];
+        let retry = &plan.retry;
+        let metrics = &plan.sink_metrics[sink];
+        let sink = &plan.sinks[sink];
         let envelope = &message.envelope;
         let mut backoff = Backoff::new(retry.initial.0, retry.max.0);
         let started = Instant::now();
@@ -486,9 +533,10 @@ impl Pipeline {
         false
     }
 
-    /// The sinks, for readiness and closing.
-    pub fn sinks(&self) -> &[Arc<dyn Sink>] {
-        &self.sinks
+    /// The sinks in use now, for closing at shutdown (a sink a reload
+    /// removed is closed by the reload).
+    pub fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        self.current_plan().sinks.clone()
     }
 }
 

@@ -118,18 +118,18 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
     let dir = tempfile::tempdir().unwrap();
     let source = source_yaml(&emulator, dir.path(), "bridge-reload-refused", "");
     let old = parse(&paired(&source, broker.port, "a1", "a2"));
-    // New routes, but also a different sink and in-flight limit.
+    // New routes, but also a different source block and in-flight limit.
     let new = parse(&format!(
         "{}max_in_flight: 64\n",
         paired(&source, broker.port, "b1", "b2")
-            .replace("client_id: reload-out", "client_id: other-out")
+            .replace("client_id: bridge-reload-refused", "client_id: other")
     ));
     let bridge = Bridge::start(&old).await.unwrap();
     match bridge.reload(&new) {
         Err(error @ ReloadError::NeedsRestart(_)) => {
             let text = error.to_string();
             assert!(
-                text.contains("sinks") && text.contains("max_in_flight"),
+                text.contains("source") && text.contains("max_in_flight"),
                 "{text}"
             );
         }
@@ -151,6 +151,98 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
     );
     assert!(metrics.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 1\n"));
     assert!(metrics.contains("amqp_bridge_config_last_reload_successful 0\n"));
+}
+
+/// A sink removed by a reload while its broker is frozen keeps the copies it
+/// holds until they are confirmed, and is closed after; a sink added takes
+/// copies from then on; a sink whose block did not change keeps its
+/// connection (the broker sees no second connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_added_and_removed_by_a_reload() {
+    const N: u64 = 600;
+    const MAX_IN_FLIGHT: u64 = 50;
+    let kept_broker = Mosquitto::start();
+    let removed_broker = Mosquitto::start();
+    let kept_sub = Subscriber::start(kept_broker.port, "reload-kept-sub", "#").await;
+    let removed_sub = Subscriber::start(removed_broker.port, "reload-removed-sub", "#").await;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-reload-sinks", "");
+    let old = parse(&format!(
+        r##"{source}max_in_flight: {MAX_IN_FLIGHT}
+sinks:
+  kept: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-kept }}
+  removed: {{ kind: mqtt, url: "mqtt://127.0.0.1:{removed}", client_id: reload-removed }}
+routes:
+  - {{ name: old, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
+"##,
+        kept = kept_broker.port,
+        removed = removed_broker.port,
+    ));
+    let new = parse(&format!(
+        r##"{source}max_in_flight: {MAX_IN_FLIGHT}
+sinks:
+  kept: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-kept }}
+  added: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-added }}
+routes:
+  - {{ name: new, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "b/{{messageId}}" }}, {{ sink: added, topic: "c/{{messageId}}" }} ] }}
+"##,
+        kept = kept_broker.port,
+    ));
+
+    let bridge = Bridge::start(&old).await.unwrap();
+    let mut removed_total = removed_sub.total();
+    within(
+        60,
+        "100 copies at the removed sink",
+        removed_total.wait_for(|t| *t >= 100),
+    )
+    .await
+    .unwrap();
+    removed_broker.signal("STOP");
+    // Every slot is taken by a message waiting for the frozen broker.
+    eventually("in flight at max_in_flight", 60, || {
+        bridge.metrics().in_flight() == MAX_IN_FLIGHT
+    })
+    .await;
+    bridge.reload(&new).expect("a sink change reloads");
+    removed_broker.signal("CONT");
+    within(120, "all accepted", emulator.all_accepted()).await;
+    let metrics = bridge.metrics().encode();
+    let connects = kept_broker
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+
+    let kept = arrivals(&kept_sub.counts());
+    let removed = arrivals(&removed_sub.counts());
+    let (mut old_plan, mut new_plan) = (0u64, 0u64);
+    for (id, prefixes) in &kept {
+        let names: Vec<&str> = prefixes.iter().map(|(p, _)| p.as_str()).collect();
+        match names.as_slice() {
+            ["a"] => {
+                old_plan += 1;
+                assert_eq!(removed.get(id), Some(&vec![("a".to_string(), 1)]), "{id}");
+            }
+            ["b", "c"] => {
+                new_plan += 1;
+                assert!(!removed.contains_key(id), "{id} went to the removed sink");
+            }
+            other => panic!("message {id}: {other:?}"),
+        }
+        assert!(prefixes.iter().all(|(_, n)| *n == 1), "{id}: {prefixes:?}");
+    }
+    eprintln!("old plan {old_plan}, new plan {new_plan}");
+    assert_eq!(old_plan + new_plan, N, "every message arrived");
+    assert_eq!(removed.len() as u64, old_plan, "the removed sink's copies");
+    assert!(old_plan >= 100 + MAX_IN_FLIGHT, "{old_plan}");
+    assert!(new_plan > 0);
+    // The kept sink's connection and the subscriber's, then the added sink's.
+    assert_eq!(connects, 3, "the kept sink reconnected");
+    assert!(metrics.contains("amqp_bridge_sink_ready{sink=\"added\",kind=\"mqtt\"} 1\n"));
+    assert!(!metrics.contains("amqp_bridge_sink_ready{sink=\"removed\""));
 }
 
 /// The real process: SIGHUP with a broken file is refused with its

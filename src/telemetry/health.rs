@@ -6,12 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::Metrics;
-use crate::sink::Sink;
 
 /// What the bridge's readiness depends on.
 pub struct Health {
     draining: AtomicBool,
-    sinks: Vec<Arc<dyn Sink>>,
     /// The client ids of the configured source connections.
     connections: Vec<String>,
     metrics: Arc<Metrics>,
@@ -37,11 +35,11 @@ impl Readiness {
 }
 
 impl Health {
-    /// Readiness over these sinks and source connections (by client id).
-    pub fn new(sinks: Vec<Arc<dyn Sink>>, connections: Vec<String>, metrics: Arc<Metrics>) -> Self {
+    /// Readiness over the sinks `metrics` knows (a reload replaces them)
+    /// and these source connections (by client id).
+    pub fn new(connections: Vec<String>, metrics: Arc<Metrics>) -> Self {
         Health {
             draining: AtomicBool::new(false),
-            sinks,
             connections,
             metrics,
         }
@@ -60,7 +58,7 @@ impl Health {
         if self.draining.load(Ordering::SeqCst) {
             not_ready.push("draining: shutting down".to_string());
         }
-        for sink in &self.sinks {
+        for sink in &self.metrics.sinks() {
             if !sink.is_ready() {
                 not_ready.push(match sink.not_ready_reason() {
                     Some(reason) => format!("sink {}: not connected: {reason}", sink.name()),

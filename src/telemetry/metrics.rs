@@ -6,8 +6,9 @@
 //! whose values come from the configuration — never a topic, device or
 //! message id — so the number of series is bounded by the configuration.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -182,11 +183,13 @@ pub struct UnroutedMetrics {
 }
 
 /// Every metric of one bridge, and the registry that prints them.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     connections: Arc<RwLock<Vec<Arc<ConnectionMetrics>>>>,
-    sinks: Vec<SinkMetrics>,
+    /// The sinks in use: `sink_ready` and readiness read them; a reload
+    /// replaces them.
+    sinks: Arc<RwLock<Vec<Arc<dyn Sink>>>>,
+    sink_families: SinkFamilies,
     /// `route_matched`, by route name; a reload adds the names it brings.
     route_matched: Family<Labels, Counter>,
     pub unrouted: UnroutedMetrics,
@@ -203,12 +206,30 @@ pub struct Metrics {
     config_reloads: ReloadMetrics,
 }
 
+/// The per-sink metric families; a sink's handles are made from them.
+#[derive(Debug)]
+struct SinkFamilies {
+    copies: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    confirm: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Every sink's handles by (name, kind), removed ones too: the totals
+    /// (`forwarded()`, `retries()` …) count what they did.
+    made: Mutex<HashMap<(String, &'static str), SinkMetrics>>,
+}
+
 /// `config_reloads_total{outcome}` and whether the last one was applied.
 #[derive(Debug)]
 struct ReloadMetrics {
     applied: Counter,
     refused: Counter,
     last_successful: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -317,30 +338,20 @@ impl Metrics {
             Unit::Seconds,
             confirm.clone(),
         );
+        let live_sinks = Arc::new(RwLock::new(sinks.to_vec()));
         registry.register_collector(Box::new(SinkReadyCollector {
-            sinks: sinks.to_vec(),
+            sinks: live_sinks.clone(),
         }));
-        let sinks = sinks
-            .iter()
-            .map(|sink| {
-                let (name, kind) = (sink.name().to_string(), sink.kind());
-                let labels = |outcome: Option<&str>| {
-                    let mut l: Labels = vec![("sink", name.clone()), ("kind", kind.to_string())];
-                    if let Some(outcome) = outcome {
-                        l.push(("outcome", outcome.to_string()));
-                    }
-                    l
-                };
-                SinkMetrics {
-                    confirmed: copies.get_or_create_owned(&labels(Some("confirmed"))),
-                    transient: copies.get_or_create_owned(&labels(Some("transient"))),
-                    permanent: copies.get_or_create_owned(&labels(Some("permanent"))),
-                    retries: retries.get_or_create_owned(&labels(None)),
-                    dead_letters: dead_letters.get_or_create_owned(&labels(None)),
-                    confirm_seconds: confirm.get_or_create_owned(&labels(None)),
-                }
-            })
-            .collect();
+        let sink_families = SinkFamilies {
+            copies,
+            retries,
+            dead_letters,
+            confirm,
+            made: Mutex::default(),
+        };
+        for sink in sinks {
+            sink_families.handles(sink.as_ref());
+        }
 
         let ready = Gauge::<i64>::default();
         registry.register(
@@ -381,7 +392,8 @@ impl Metrics {
         Metrics {
             registry,
             connections,
-            sinks,
+            sinks: live_sinks,
+            sink_families,
             route_matched: matched,
             unrouted,
             duplicates,
@@ -420,9 +432,26 @@ impl Metrics {
             .clone()
     }
 
-    /// Handles of the sink at this pipeline index.
-    pub fn sink(&self, index: usize) -> &SinkMetrics {
-        &self.sinks[index]
+    /// The handles of one sink's metrics, created at 0 for a sink not seen
+    /// before (one a reload added).
+    pub fn sink_metrics(&self, sink: &dyn Sink) -> SinkMetrics {
+        self.sink_families.handles(sink)
+    }
+
+    /// The sinks in use, for readiness.
+    pub fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        self.sinks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// After a reload: the sinks `sink_ready` and readiness report on.
+    pub fn set_sinks(&self, sinks: &[Arc<dyn Sink>]) {
+        *self
+            .sinks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sinks.to_vec();
     }
 
     /// The matched counters of these routes, in the router's order; created
@@ -477,7 +506,12 @@ impl Metrics {
     }
 
     fn sink_total(&self, pick: impl Fn(&SinkMetrics) -> &Counter) -> u64 {
-        self.sinks.iter().map(|s| pick(s).get()).sum()
+        let made = self
+            .sink_families
+            .made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        made.values().map(|s| pick(s).get()).sum()
     }
 
     /// Deliveries received from the source, all connections.
@@ -568,9 +602,37 @@ pub fn seconds(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64()
 }
 
+impl SinkFamilies {
+    fn handles(&self, sink: &dyn Sink) -> SinkMetrics {
+        let (name, kind) = (sink.name().to_string(), sink.kind());
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        made.entry((name.clone(), kind))
+            .or_insert_with(|| self.make(name, kind))
+            .clone()
+    }
+
+    fn make(&self, name: String, kind: &'static str) -> SinkMetrics {
+        let labels = |outcome: Option<&str>| {
+            let mut l: Labels = vec![("sink", name.clone()), ("kind", kind.to_string())];
+            if let Some(outcome) = outcome {
+                l.push(("outcome", outcome.to_string()));
+            }
+            l
+        };
+        SinkMetrics {
+            confirmed: self.copies.get_or_create_owned(&labels(Some("confirmed"))),
+            transient: self.copies.get_or_create_owned(&labels(Some("transient"))),
+            permanent: self.copies.get_or_create_owned(&labels(Some("permanent"))),
+            retries: self.retries.get_or_create_owned(&labels(None)),
+            dead_letters: self.dead_letters.get_or_create_owned(&labels(None)),
+            confirm_seconds: self.confirm.get_or_create_owned(&labels(None)),
+        }
+    }
+}
+
 /// Encodes each sink's readiness as it is at scrape time.
 struct SinkReadyCollector {
-    sinks: Vec<Arc<dyn Sink>>,
+    sinks: Arc<RwLock<Vec<Arc<dyn Sink>>>>,
 }
 
 impl std::fmt::Debug for SinkReadyCollector {
@@ -587,7 +649,12 @@ impl Collector for SinkReadyCollector {
             None,
             MetricType::Gauge,
         )?;
-        for sink in &self.sinks {
+        let sinks = self
+            .sinks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for sink in &sinks {
             let l = vec![
                 ("sink", sink.name().to_string()),
                 ("kind", sink.kind().to_string()),
@@ -724,7 +791,7 @@ mod tests {
         }
         c.settled(SourceOutcome::Accepted);
         c.settled(SourceOutcome::Released);
-        metrics.sink(0).confirmed.inc();
+        metrics.sink_metrics(out.as_ref()).confirmed.inc();
         metrics.route_counters(&["props".to_string()])[0].inc();
         let text = metrics.encode();
         assert!(text.contains("amqp_bridge_source_received_total{connection=\"bridge-0\"} 3\n"));
