@@ -19,7 +19,8 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5_000_000);
     let sink: Arc<dyn Sink> = Arc::new(amqp_bridge::sink::stdout::StdoutSink::new("out"));
-    let metrics = Metrics::new(1024, &[sink], &["all".to_string()]);
+    let metrics = Metrics::new(1024, std::slice::from_ref(&sink), &["all".to_string()]);
+    let sink_metrics = metrics.sink_metrics(sink.as_ref());
     let route = metrics.route_counters(&["all".to_string()]).remove(0);
     let connection = metrics.connection("bench");
     let generate_time = SystemTime::now()
@@ -43,7 +44,7 @@ fn main() {
         let received_at = Instant::now();
         metrics.pipeline_entered();
         route.inc();
-        let sink = metrics.sink(0);
+        let sink = &sink_metrics;
         let sent = Instant::now();
         sink.confirmed.inc();
         sink.confirm_seconds.observe(sent.elapsed().as_secs_f64());

@@ -784,7 +784,7 @@ mod tests {
     #[test]
     fn counters_print_with_their_labels_and_invariant() {
         let out: Arc<dyn Sink> = Arc::new(crate::sink::stdout::StdoutSink::new("out"));
-        let metrics = Metrics::new(8, &[out.clone()], &["props".to_string()]);
+        let metrics = Metrics::new(8, std::slice::from_ref(&out), &["props".to_string()]);
         let c = metrics.connection("bridge-0");
         for _ in 0..3 {
             c.received();
