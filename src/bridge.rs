@@ -35,13 +35,24 @@ pub enum BridgeError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(
-        "{0} changed; a reload applies sinks, routes, unrouted, dead_letter and retry — restart the bridge to apply the rest"
+        "{0} changed; a reload applies source, sinks, routes, unrouted, dead_letter and retry — restart the bridge to apply the rest"
     )]
     NeedsRestart(String),
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     Sink(#[from] SinkBuildError),
+    #[error("source TLS: {0}")]
+    SourceTls(#[from] crate::tls::TlsError),
+}
+
+/// The source connections running now and what they run with.
+struct SourceRun {
+    ctx: Arc<LinkContext>,
+    /// Resolves to the connection tasks once they started: after every sink
+    /// is ready at start, after the previous connections finished on a
+    /// reload; to none when intake stopped before.
+    connections: JoinHandle<Vec<JoinHandle<()>>>,
 }
 
 /// A running bridge.
@@ -51,8 +62,8 @@ pub struct Bridge {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     pipeline: Arc<Pipeline>,
-    ctx: Arc<LinkContext>,
-    starter: JoinHandle<Vec<JoinHandle<()>>>,
+    /// The source connections; `None` only while a shutdown takes them.
+    source: std::sync::Mutex<Option<SourceRun>>,
     shutdown_timeout: Duration,
     telemetry_addr: Option<std::net::SocketAddr>,
     /// Stops the HTTP endpoints and the summary line, last of all (or when
@@ -76,14 +87,7 @@ impl Bridge {
             sinks.push(sink::build(name, sink_config)?);
         }
         let router = Router::new(&config.routes, &config.unrouted, &index)?;
-        let source_tls = if config.source.url.is_tls() {
-            Some(crate::tls::client_config(
-                config.source.tls.ca_file.as_deref(),
-                config.source.tls.client_cert(),
-            )?)
-        } else {
-            None
-        };
+        let source_tls = source_tls(&config.source)?;
         let metrics = Arc::new(Metrics::new(
             config.max_in_flight,
             &sinks,
@@ -103,18 +107,16 @@ impl Bridge {
             dead_letter,
             config.retry.clone(),
             &metrics,
-        );
-        let pipeline = Arc::new(
-            Pipeline::new(
-                plan,
-                config
-                    .dedup
-                    .as_ref()
-                    .map(|d| crate::dedup::Dedup::keyed(d.ttl.0, d.capacity, d.amqp_message_id)),
-                metrics.clone(),
-            )
-            .with_undeliverable(config.source.undeliverable_outcome.disposition()),
-        );
+        )
+        .with_undeliverable(config.source.undeliverable_outcome.disposition());
+        let pipeline = Arc::new(Pipeline::new(
+            plan,
+            config
+                .dedup
+                .as_ref()
+                .map(|d| crate::dedup::Dedup::keyed(d.ttl.0, d.capacity, d.amqp_message_id)),
+            metrics.clone(),
+        ));
         let ctx = Arc::new(LinkContext {
             pipeline: pipeline.clone(),
             metrics: metrics.clone(),
@@ -126,7 +128,7 @@ impl Bridge {
         });
         let source = config.source.clone();
         let starter_ctx = ctx.clone();
-        let starter = tokio::spawn(async move {
+        let connections = tokio::spawn(async move {
             for sink in &sinks {
                 let waiting = async {
                     loop {
@@ -169,8 +171,7 @@ impl Bridge {
             metrics,
             health,
             pipeline,
-            ctx,
-            starter,
+            source: std::sync::Mutex::new(Some(SourceRun { ctx, connections })),
             shutdown_timeout: config.shutdown_timeout.0,
             telemetry_addr,
             telemetry_stop: telemetry_stop.drop_guard(),
@@ -182,8 +183,10 @@ impl Bridge {
     /// over for messages that arrive from now on; messages in flight finish
     /// on the plan they started with. A sink whose block did not change keeps
     /// its connection; one removed or changed is closed after its last copy
-    /// in flight. A change anywhere else is refused (the running
-    /// configuration stays) and named, since it needs a restart.
+    /// in flight. The source reconnects only when its block changed, after
+    /// the old connections settled what they hold. A change anywhere else is
+    /// refused (the running configuration stays) and named, since it needs a
+    /// restart.
     pub fn reload(&self, new: &Config) -> Result<(), ReloadError> {
         let mut running = self
             .config
@@ -201,7 +204,6 @@ impl Bridge {
 
     fn apply(&self, running: &Config, new: &Config) -> Result<(), ReloadError> {
         let changed: Vec<&str> = [
-            ("source", running.source != new.source),
             ("dedup", running.dedup != new.dedup),
             ("max_in_flight", running.max_in_flight != new.max_in_flight),
             (
@@ -252,17 +254,85 @@ impl Bridge {
                 return Err(error);
             }
         };
+        let tls = if running.source != new.source {
+            match source_tls(&new.source) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    close_later(started);
+                    return Err(error.into());
+                }
+            }
+        } else {
+            None
+        };
         for sink in &started {
             tracing::info!(sink = sink.name(), "sink started by a reload");
         }
-        self.pipeline.replace_plan(Plan::new(
-            router,
-            sinks,
-            dead_letter,
-            new.retry.clone(),
-            &self.metrics,
-        ));
+        self.pipeline.replace_plan(
+            Plan::new(router, sinks, dead_letter, new.retry.clone(), &self.metrics)
+                .with_undeliverable(new.source.undeliverable_outcome.disposition()),
+        );
+        if let Some(tls) = tls {
+            self.replace_source(running, new, tls);
+        }
         Ok(())
+    }
+
+    /// Moves intake to connections with the new source settings: the old
+    /// ones grant no more credit, settle what they hold (up to
+    /// `shutdown_timeout`) and close; then the new ones connect. Nothing is
+    /// detached with messages in flight unless the timeout runs out (then
+    /// they are redelivered).
+    fn replace_source(
+        &self,
+        running: &Config,
+        new: &Config,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) {
+        let mut run = self
+            .source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(previous) = run.take() else {
+            return; // shutting down
+        };
+        previous.ctx.intake_stop.cancel();
+        let ctx = Arc::new(LinkContext {
+            pipeline: self.pipeline.clone(),
+            metrics: self.metrics.clone(),
+            slots: previous.ctx.slots.clone(),
+            credit: new.source.credit,
+            refill: new.source.credit_refill,
+            intake_stop: CancellationToken::new(),
+            close: CancellationToken::new(),
+        });
+        let old_names = subscriber::client_ids(&running.source);
+        let new_names = subscriber::client_ids(&new.source);
+        let grace = running.shutdown_timeout.0;
+        let source = new.source.clone();
+        let metrics = self.metrics.clone();
+        let health = self.health.clone();
+        let starter_ctx = ctx.clone();
+        let connections = tokio::spawn(async move {
+            let handles = previous.connections.await.unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + grace;
+            // Counters, not an event: polled, for an operation this rare.
+            while metrics.in_flight_on(&old_names) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            previous.ctx.close.cancel();
+            for handle in handles {
+                let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+            }
+            if starter_ctx.intake_stop.is_cancelled() {
+                return Vec::new();
+            }
+            metrics.keep_connections(&new_names);
+            health.set_connections(new_names);
+            tracing::info!("source connections closed; connecting with the new source settings");
+            subscriber::spawn(&source, tls, starter_ctx)
+        });
+        *run = Some(SourceRun { ctx, connections });
     }
 
     /// The bridge's metrics: the counters every report reads.
@@ -285,12 +355,24 @@ impl Bridge {
     /// answers 503 from the first moment; the endpoints stay up until the end.
     pub async fn shutdown(self) {
         self.health.start_draining();
-        self.ctx.intake_stop.cancel();
-        let connections = self.starter.await.unwrap_or_default();
+        let run = self
+            .source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let (ctx, connections) = match run {
+            Some(run) => {
+                run.ctx.intake_stop.cancel();
+                (Some(run.ctx), run.connections.await.unwrap_or_default())
+            }
+            None => (None, Vec::new()),
+        };
         if !self.pipeline.drain(self.shutdown_timeout).await {
             tracing::warn!("shutdown timeout reached; unconfirmed messages released");
         }
-        self.ctx.close.cancel();
+        if let Some(ctx) = ctx {
+            ctx.close.cancel();
+        }
         for handle in connections {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
@@ -332,4 +414,14 @@ fn close_later(sinks: Vec<Arc<dyn Sink>>) {
             sink.close().await;
         }
     });
+}
+
+/// The TLS setup of `amqps://` sources; `None` for plain `amqp://`.
+fn source_tls(
+    source: &crate::config::SourceConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
+    if !source.url.is_tls() {
+        return Ok(None);
+    }
+    crate::tls::client_config(source.tls.ca_file.as_deref(), source.tls.client_cert()).map(Some)
 }

@@ -90,6 +90,9 @@ pub struct Plan {
     /// Where permanently failed copies go (index into the sinks).
     dead_letter: Option<usize>,
     retry: RetryConfig,
+    /// What a message gets when a copy failed for good and there is no
+    /// dead-letter sink (`source.undeliverable_outcome`).
+    undeliverable: Disposition,
 }
 
 impl Plan {
@@ -121,7 +124,15 @@ impl Plan {
             route_matched,
             dead_letter,
             retry,
+            undeliverable: Disposition::Release,
         }
+    }
+
+    /// What a message that failed for good gets when there is no
+    /// dead-letter sink (default: released).
+    pub fn with_undeliverable(mut self, outcome: Disposition) -> Self {
+        self.undeliverable = outcome;
+        self
     }
 }
 
@@ -131,9 +142,6 @@ pub struct Pipeline {
     plan: std::sync::RwLock<Arc<Plan>>,
     dedup: Option<Arc<Dedup>>,
     status_order: Arc<StatusOrder>,
-    /// What a message gets when a copy failed for good and there is no
-    /// dead-letter sink.
-    undeliverable: Disposition,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
     give_up: CancellationToken,
@@ -146,18 +154,10 @@ impl Pipeline {
             plan: std::sync::RwLock::new(Arc::new(plan)),
             dedup,
             status_order: Arc::new(StatusOrder::default()),
-            undeliverable: Disposition::Release,
             metrics,
             tasks: TaskTracker::new(),
             give_up: CancellationToken::new(),
         }
-    }
-
-    /// What a message that failed for good gets when there is no dead-letter
-    /// sink (default: released).
-    pub fn with_undeliverable(mut self, outcome: Disposition) -> Self {
-        self.undeliverable = outcome;
-        self
     }
 
     /// The plan new messages start on.
@@ -297,7 +297,7 @@ impl Pipeline {
                     let copy = self
                         .deliver_or_dead_letter(plan, "unrouted", &target, &envelope)
                         .await;
-                    Delivery::outcome([copy], self.undeliverable)
+                    Delivery::outcome([copy], plan.undeliverable)
                 }
             };
         }
@@ -337,7 +337,7 @@ impl Pipeline {
         }
         Delivery::outcome(
             results.into_iter().map(|(_, copy)| copy),
-            self.undeliverable,
+            plan.undeliverable,
         )
     }
 

@@ -118,18 +118,17 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
     let dir = tempfile::tempdir().unwrap();
     let source = source_yaml(&emulator, dir.path(), "bridge-reload-refused", "");
     let old = parse(&paired(&source, broker.port, "a1", "a2"));
-    // New routes, but also a different source block and in-flight limit.
+    // New routes, but also a different dedup window and in-flight limit.
     let new = parse(&format!(
-        "{}max_in_flight: 64\n",
+        "{}max_in_flight: 64\ndedup: {{ ttl: 1m }}\n",
         paired(&source, broker.port, "b1", "b2")
-            .replace("client_id: bridge-reload-refused", "client_id: other")
     ));
     let bridge = Bridge::start(&old).await.unwrap();
     match bridge.reload(&new) {
         Err(error @ ReloadError::NeedsRestart(_)) => {
             let text = error.to_string();
             assert!(
-                text.contains("source") && text.contains("max_in_flight"),
+                text.contains("dedup") && text.contains("max_in_flight"),
                 "{text}"
             );
         }
@@ -243,6 +242,66 @@ routes:
     assert_eq!(connects, 3, "the kept sink reconnected");
     assert!(metrics.contains("amqp_bridge_sink_ready{sink=\"added\",kind=\"mqtt\"} 1\n"));
     assert!(!metrics.contains("amqp_bridge_sink_ready{sink=\"removed\""));
+}
+
+/// A changed source block: the old connection stops taking messages,
+/// settles what it holds and closes; then the bridge connects with the new
+/// settings. Nothing is lost and nothing is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_reconnects_after_settling_what_it_holds() {
+    const N: u64 = 3_000;
+    let broker = Mosquitto::start();
+    let subscriber = Subscriber::start(broker.port, "reload-source-sub", "#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.rate = 1_000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-source-a", "");
+    let old = parse(&paired(&source, broker.port, "a1", "a2"));
+    // A new client id and credit; routes as they were.
+    let new = parse(&paired(&source, broker.port, "a1", "a2").replace(
+        "client_id: bridge-source-a",
+        "client_id: bridge-source-b\n  credit: 16",
+    ));
+    assert_ne!(old.source, new.source);
+
+    let bridge = Bridge::start(&old).await.unwrap();
+    let mut total = subscriber.total();
+    within(
+        60,
+        "a third of the copies",
+        total.wait_for(|t| *t >= 2 * N / 3),
+    )
+    .await
+    .unwrap();
+    let logins = emulator.stats().snapshot().logins_ok;
+    bridge.reload(&new).expect("a source change reloads");
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(2 * N, 60).await;
+    let metrics = bridge.metrics().encode();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert_eq!(
+        stats.redelivered, 0,
+        "the old connection settled before closing"
+    );
+    assert_eq!(stats.logins_ok, logins + 1, "one new login");
+    let by_id = arrivals(&subscriber.counts());
+    assert_eq!(by_id.len() as u64, N);
+    assert!(by_id
+        .values()
+        .all(|p| p == &vec![("a1".to_string(), 1), ("a2".to_string(), 1)]));
+    assert!(
+        metrics.contains("connection=\"bridge-source-b\""),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("connection=\"bridge-source-a\""),
+        "{metrics}"
+    );
 }
 
 /// The real process: SIGHUP with a broken file is refused with its

@@ -11,7 +11,7 @@ use super::Metrics;
 pub struct Health {
     draining: AtomicBool,
     /// The client ids of the configured source connections.
-    connections: Vec<String>,
+    connections: std::sync::RwLock<Vec<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -40,9 +40,17 @@ impl Health {
     pub fn new(connections: Vec<String>, metrics: Arc<Metrics>) -> Self {
         Health {
             draining: AtomicBool::new(false),
-            connections,
+            connections: std::sync::RwLock::new(connections),
             metrics,
         }
+    }
+
+    /// After a source reload: the connections readiness waits for.
+    pub fn set_connections(&self, connections: Vec<String>) {
+        *self
+            .connections
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = connections;
     }
 
     /// Shutdown began: not ready from now on, so traffic and probes move on
@@ -67,7 +75,12 @@ impl Health {
             }
         }
         let known = self.metrics.connections();
-        for name in &self.connections {
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for name in &connections {
             let attached = known
                 .iter()
                 .any(|c| c.name() == name.as_str() && c.is_attached());

@@ -54,6 +54,9 @@ pub struct ConnectionMetrics {
     login_refused: AtomicU64,
     attached: AtomicU64,
     credit: AtomicU64,
+    /// A reload replaced this connection: its series are no longer shown
+    /// (its counts still add to the totals).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionMetrics {
@@ -414,6 +417,7 @@ impl Metrics {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = connections.iter().find(|c| c.name == name) {
+            existing.retired.store(false, Ordering::Relaxed);
             return existing.clone();
         }
         let created = Arc::new(ConnectionMetrics {
@@ -422,6 +426,30 @@ impl Metrics {
         });
         connections.push(created.clone());
         created
+    }
+
+    /// After a source reload: only these connections' series are shown
+    /// from now on (created at 0 when new).
+    pub fn keep_connections(&self, names: &[String]) {
+        for name in names {
+            self.connection(name);
+        }
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for c in connections.iter() {
+            c.retired.store(!names.contains(&c.name), Ordering::Relaxed);
+        }
+    }
+
+    /// Messages in flight on these connections.
+    pub fn in_flight_on(&self, names: &[String]) -> u64 {
+        self.connections()
+            .iter()
+            .filter(|c| names.contains(&c.name))
+            .map(|c| c.snapshot().in_flight())
+            .sum()
     }
 
     /// The source connections known so far.
@@ -679,7 +707,11 @@ impl Collector for SourceCollector {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let snapshots: Vec<_> = connections.iter().map(|c| (c, c.snapshot())).collect();
+        let snapshots: Vec<_> = connections
+            .iter()
+            .filter(|c| !c.retired.load(Ordering::Relaxed))
+            .map(|c| (c, c.snapshot()))
+            .collect();
         let labels = |c: &ConnectionMetrics| vec![("connection", c.name.clone())];
 
         let in_flight: u64 = snapshots.iter().map(|(_, s)| s.in_flight()).sum();
