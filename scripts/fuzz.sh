@@ -26,8 +26,15 @@ cargo fuzz build -O
 [ "$seconds" = build ] && exit 0
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in $(cargo fuzz list); do
-  [ -n "$only" ] && [ "$only" != "$target" ] && continue
+targets=$(cargo fuzz list)
+if [ -n "$only" ]; then
+  if ! grep -qx "$only" <<<"$targets"; then
+    echo "fuzz: no target \`$only\`; there are: $(echo $targets)" >&2
+    exit 1
+  fi
+  targets=$only
+fi
+for target in $targets; do
   mkdir -p "$scratch/$target" "corpus/$target"
   echo "fuzz: $target (${seconds}s, ${runs} runs; 0 s and -1 runs = no limit)"
   log="$scratch/$target.log"

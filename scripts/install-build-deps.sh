@@ -6,7 +6,8 @@
 set -euo pipefail
 
 need_apt=()
-{ command -v cc && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
+# c++ too: the fuzz targets' libFuzzer is C++.
+{ command -v cc && command -v c++ && command -v make; } >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 

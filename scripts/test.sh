@@ -11,8 +11,10 @@ cargo fmt --all -- --check
 # priority alongside the rest, on the CPU time the lints and tests leave idle.
 mkdir -p target
 fuzz_log=target/fuzz-build.log
-nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+# Its own process group (setsid), so a failing step below stops it too.
+setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
 fuzz_build=$!
+trap 'kill -- -"$fuzz_build" 2>/dev/null || true' EXIT
 
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features --no-fail-fast

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SinkConfig};
 use crate::pipeline::{Pipeline, Plan};
 use crate::route::{RouteError, Router};
 use crate::sink::{self, Sink, SinkBuildError};
@@ -44,6 +44,11 @@ pub enum ReloadError {
     Sink(#[from] SinkBuildError),
     #[error("source TLS: {0}")]
     SourceTls(#[from] crate::tls::TlsError),
+    #[error(
+        "sinks.{sink} changed but keeps its MQTT client id `{client_id}`: the new client and the old one, \
+         still finishing its copies, would disconnect each other; give it a new client_id or restart the bridge"
+    )]
+    SameMqttClientId { sink: String, client_id: String },
 }
 
 /// The source connections running now and what they run with.
@@ -218,11 +223,44 @@ impl Bridge {
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
+        // Everything that can be checked is checked before a sink starts.
+        let index: HashMap<String, usize> = new
+            .sinks
+            .0
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i))
+            .collect();
+        let router = Router::new(&new.routes, &new.unrouted, &index)?;
+        let dead_letter = dead_letter_index(new, &index)?;
+        let source_changed = {
+            // The undeliverable outcome lives in the plan; alone it needs
+            // no reconnect.
+            let mut source = new.source.clone();
+            source.undeliverable_outcome = running.source.undeliverable_outcome;
+            source != running.source
+        };
+        let tls = if source_changed {
+            Some(source_tls(&new.source)?)
+        } else {
+            None
+        };
+        for (name, sink_config) in &new.sinks.0 {
+            if let (Some(SinkConfig::Mqtt(old)), SinkConfig::Mqtt(changed)) =
+                (running.sinks.0.get(name), sink_config)
+            {
+                if old != changed && old.client_id == changed.client_id {
+                    return Err(ReloadError::SameMqttClientId {
+                        sink: name.clone(),
+                        client_id: changed.client_id.clone(),
+                    });
+                }
+            }
+        }
         let current = self.pipeline.current_plan();
         let running_sinks: Vec<&String> = running.sinks.0.keys().collect();
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         let mut started: Vec<Arc<dyn Sink>> = Vec::new();
-        let mut index = HashMap::new();
         for (name, sink_config) in &new.sinks.0 {
             let kept = (running.sinks.0.get(name) == Some(sink_config))
                 .then(|| running_sinks.iter().position(|n| *n == name))
@@ -232,6 +270,7 @@ impl Bridge {
                 Some(sink) => sink,
                 None => match sink::build(name, sink_config) {
                     Ok(sink) => {
+                        tracing::info!(sink = sink.name(), "sink started by a reload");
                         started.push(sink.clone());
                         sink
                     }
@@ -241,32 +280,7 @@ impl Bridge {
                     }
                 },
             };
-            index.insert(name.clone(), sinks.len());
             sinks.push(sink);
-        }
-        let plan = Router::new(&new.routes, &new.unrouted, &index)
-            .map_err(ReloadError::from)
-            .and_then(|router| Ok((router, dead_letter_index(new, &index)?)));
-        let (router, dead_letter) = match plan {
-            Ok(plan) => plan,
-            Err(error) => {
-                close_later(started);
-                return Err(error);
-            }
-        };
-        let tls = if running.source != new.source {
-            match source_tls(&new.source) {
-                Ok(tls) => Some(tls),
-                Err(error) => {
-                    close_later(started);
-                    return Err(error.into());
-                }
-            }
-        } else {
-            None
-        };
-        for sink in &started {
-            tracing::info!(sink = sink.name(), "sink started by a reload");
         }
         self.pipeline.replace_plan(
             Plan::new(router, sinks, dead_letter, new.retry.clone(), &self.metrics)

@@ -144,6 +144,8 @@ pub struct Pipeline {
     status_order: Arc<StatusOrder>,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
+    /// Trackers of replaced plans that may still have messages.
+    draining: std::sync::Mutex<Vec<TaskTracker>>,
     give_up: CancellationToken,
 }
 
@@ -156,6 +158,7 @@ impl Pipeline {
             status_order: Arc::new(StatusOrder::default()),
             metrics,
             tasks: TaskTracker::new(),
+            draining: std::sync::Mutex::new(Vec::new()),
             give_up: CancellationToken::new(),
         }
     }
@@ -170,7 +173,8 @@ impl Pipeline {
 
     /// Makes `plan` the one new messages start on; messages in flight finish
     /// on the plan they started with. Sinks of the old plan that the new one
-    /// does not hold are closed once the old plan's last message settled.
+    /// does not hold are closed once no earlier plan has a message left (a
+    /// message two reloads old may still use a sink the latest one retired).
     pub fn replace_plan(&self, plan: Plan) {
         let plan = Arc::new(plan);
         self.metrics.set_sinks(&plan.sinks);
@@ -181,21 +185,33 @@ impl Pipeline {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
             plan.clone(),
         );
+        // Taken under the read lock in `dispatch`, a token counts before the
+        // swap or belongs to the new plan: closing now misses none.
+        old.in_flight.close();
+        let earlier: Vec<TaskTracker> = {
+            let mut draining = self
+                .draining
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            draining.retain(|tracker| !tracker.is_empty());
+            draining.push(old.in_flight.clone());
+            draining.clone()
+        };
         let retired: Vec<Arc<dyn Sink>> = old
             .sinks
             .iter()
             .filter(|sink| !plan.sinks.iter().any(|kept| Arc::ptr_eq(sink, kept)))
             .cloned()
             .collect();
+        drop(old);
         if retired.is_empty() {
             return;
         }
-        old.in_flight.close();
-        let in_flight = old.in_flight.clone();
-        drop(old);
         // On the pipeline's tracker, so a shutdown's drain waits for it too.
         self.tasks.spawn(async move {
-            in_flight.wait().await;
+            for tracker in earlier {
+                tracker.wait().await;
+            }
             for sink in retired {
                 sink.close().await;
                 tracing::info!(
@@ -210,8 +226,13 @@ impl Pipeline {
     pub fn dispatch(self: &Arc<Self>, envelope: Envelope, settlement: Settlement) {
         let received_at = Instant::now();
         let in_pipeline = InPipeline::enter(&self.metrics);
-        let plan = self.current_plan();
-        let on_plan = plan.in_flight.token();
+        let (plan, on_plan) = {
+            let plan = self
+                .plan
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (plan.clone(), plan.in_flight.token())
+        };
         let this = self.clone();
         self.tasks.spawn(async move {
             let generated = generate_time(&envelope);

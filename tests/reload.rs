@@ -134,6 +134,18 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // A changed MQTT sink that keeps its client id: refused, or the old and
+    // the new client would disconnect each other.
+    let same_id = parse(&paired(&source, broker.port, "b1", "b2").replace(
+        "client_id: reload-out",
+        "client_id: reload-out, keep_alive: 7s",
+    ));
+    match bridge.reload(&same_id) {
+        Err(error @ ReloadError::SameMqttClientId { .. }) => {
+            assert!(error.to_string().contains("reload-out"), "{error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     within(60, "all accepted", emulator.all_accepted()).await;
     subscriber.wait_for_total(2 * N, 30).await;
     let metrics = bridge.metrics().encode();
@@ -148,7 +160,7 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
         prefixes,
         BTreeSet::from(["a1".to_string(), "a2".to_string()])
     );
-    assert!(metrics.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 1\n"));
+    assert!(metrics.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 2\n"));
     assert!(metrics.contains("amqp_bridge_config_last_reload_successful 0\n"));
 }
 
@@ -158,6 +170,18 @@ async fn a_change_that_needs_a_restart_is_refused_and_the_old_routes_stay() {
 /// connection (the broker sees no second connect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_added_and_removed_by_a_reload() {
+    sinks_added_and_removed(false).await;
+}
+
+/// As above, but the sink is removed by the second of two reloads (the first
+/// only renames the route): the messages that started before the first one
+/// still hold copies on it, and it must wait for them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_removed_two_reloads_later_waits_for_the_oldest_messages() {
+    sinks_added_and_removed(true).await;
+}
+
+async fn sinks_added_and_removed(two_reloads: bool) {
     const N: u64 = 600;
     const MAX_IN_FLIGHT: u64 = 50;
     let kept_broker = Mosquitto::start();
@@ -174,6 +198,17 @@ sinks:
   removed: {{ kind: mqtt, url: "mqtt://127.0.0.1:{removed}", client_id: reload-removed }}
 routes:
   - {{ name: old, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
+"##,
+        kept = kept_broker.port,
+        removed = removed_broker.port,
+    ));
+    let renamed = parse(&format!(
+        r##"{source}max_in_flight: {MAX_IN_FLIGHT}
+sinks:
+  kept: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-kept }}
+  removed: {{ kind: mqtt, url: "mqtt://127.0.0.1:{removed}", client_id: reload-removed }}
+routes:
+  - {{ name: renamed, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
 "##,
         kept = kept_broker.port,
         removed = removed_broker.port,
@@ -204,6 +239,9 @@ routes:
         bridge.metrics().in_flight() == MAX_IN_FLIGHT
     })
     .await;
+    if two_reloads {
+        bridge.reload(&renamed).expect("a route rename reloads");
+    }
     bridge.reload(&new).expect("a sink change reloads");
     removed_broker.signal("CONT");
     within(120, "all accepted", emulator.all_accepted()).await;

@@ -196,7 +196,7 @@ fn assert_no_secret(logs: &[(&str, String)], secrets: &[&str]) {
 /// Sessions that succeed: Kafka over SASL_SSL (SCRAM-SHA-512) and RocketMQ
 /// with ACL signatures forward every message at `trace` level, where the
 /// clients log their handshakes; then the output is searched as above.
-#[cfg(feature = "rocketmq")]
+#[cfg(all(feature = "rocketmq", feature = "kafka"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_sasl_and_acl_sessions_show_no_secret() {
     use common::rocketmq::{BrokerOptions, RocketMq};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::values::{known_sink_kind, parse_str_with, SinkName};
 use super::SinkConfig;
+use crate::route::Template;
 
 /// One routing rule: which messages, and where copies of them go.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -161,30 +162,31 @@ impl<'de> serde::de::DeserializeSeed<'de> for RegexSeed {
     }
 }
 
-/// One copy of the message: a sink and where on it.
+/// One copy of the message: a sink and where on it. Its templates are
+/// parsed here, once, and the router takes them as they are.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawTarget")]
 pub struct TargetConfig {
     pub sink: SinkName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
+    pub topic: Option<Template>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<bool>,
     /// Kafka record key template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<Template>,
     /// Kafka headers: `all` copies every application property; by default only
     /// `topic`, `messageId` and `generateTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersMode>,
     /// RocketMQ tag template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
+    pub tag: Option<Template>,
     /// RocketMQ key templates (a filled key containing spaces gives several keys).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
+    pub keys: Vec<Template>,
     /// RocketMQ user properties: `all` copies every application property; by
     /// default only `topic`, `messageId` and `generateTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,27 +264,27 @@ impl TryFrom<RawTarget> for TargetConfig {
                 ));
             }
         }
-        for template in raw
-            .topic
+        let parse = |text: Option<String>| text.as_deref().map(Template::parse).transpose();
+        let topic = parse(raw.topic)?;
+        let key = parse(raw.key)?;
+        let tag = parse(raw.tag)?;
+        let keys = raw
+            .keys
             .iter()
-            .chain(raw.key.iter())
-            .chain(raw.tag.iter())
-            .chain(raw.keys.iter())
-        {
-            crate::route::Template::parse(template)?;
-        }
-        if let Some(topic) = &raw.topic {
-            check_destination(&kind, &crate::route::Template::parse(topic)?)?;
+            .map(|k| Template::parse(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(topic) = &topic {
+            check_destination(&kind, topic)?;
         }
         Ok(TargetConfig {
             sink: raw.sink,
-            topic: raw.topic,
+            topic,
             qos: raw.qos,
             retain: raw.retain,
-            key: raw.key,
+            key,
             headers: raw.headers,
-            tag: raw.tag,
-            keys: raw.keys,
+            tag,
+            keys,
             properties: raw.properties,
         })
     }
@@ -290,7 +292,7 @@ impl TryFrom<RawTarget> for TargetConfig {
 
 /// Refuses a topic its broker would refuse whatever the message: the whole
 /// name when it has no placeholder, else the fixed text around them.
-fn check_destination(kind: &str, topic: &crate::route::Template) -> Result<(), String> {
+fn check_destination(kind: &str, topic: &Template) -> Result<(), String> {
     use crate::sink::names;
     let problem = match kind {
         "kafka" if topic.is_literal() => names::kafka_topic_problem(topic.as_str()),

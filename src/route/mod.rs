@@ -108,30 +108,10 @@ impl Router {
                 let sink = *sink_index
                     .get(&target.sink.0)
                     .ok_or_else(|| invalid(format!("no sink `{}`", target.sink)))?;
-                let topic = target
-                    .topic
-                    .as_deref()
-                    .map(Template::parse)
-                    .transpose()
-                    .map_err(invalid)?;
-                let key = target
-                    .key
-                    .as_deref()
-                    .map(Template::parse)
-                    .transpose()
-                    .map_err(invalid)?;
-                let tag = target
-                    .tag
-                    .as_deref()
-                    .map(Template::parse)
-                    .transpose()
-                    .map_err(invalid)?;
-                let keys = target
-                    .keys
-                    .iter()
-                    .map(|k| Template::parse(k))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(invalid)?;
+                let topic = target.topic.clone();
+                let key = target.key.clone();
+                let tag = target.tag.clone();
+                let keys = target.keys.clone();
                 targets.push(Target {
                     sink,
                     topic,

@@ -35,6 +35,26 @@ pub struct TemplateError {
     pub missing: String,
 }
 
+/// A template reads as the text it was written as (`check` prints it so).
+impl std::ops::Deref for Template {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq<&str> for Template {
+    fn eq(&self, other: &&str) -> bool {
+        self.source == *other
+    }
+}
+
+impl serde::Serialize for Template {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 impl Template {
     /// Parses `text`; the error says which placeholder is not known.
     pub fn parse(text: &str) -> Result<Template, String> {
