@@ -19,6 +19,7 @@ use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
 use amqp_bridge::emulator::{Emulator, EmulatorConfig};
 use amqp_bridge::envelope::Envelope;
+use amqp_bridge::sink::Destination;
 use amqp_bridge::sink::Outgoing;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -56,13 +57,12 @@ async fn baseline(name_server: &str, topic: &str, n: u64) -> Duration {
             );
             sink.send(Outgoing {
                 envelope: Arc::new(envelope),
-                topic: Some(topic.to_string()),
-                qos: 1,
-                retain: false,
-                key: None,
-                all_headers: false,
-                tag: Some("property".into()),
-                keys: vec![i.to_string()],
+                destination: Destination::RocketMq {
+                    topic: topic.to_string(),
+                    tag: Some("property".into()),
+                    keys: vec![i.to_string()],
+                    all_properties: false,
+                },
                 failure: None,
             })
         })

@@ -39,7 +39,13 @@ fn router(routes: usize) -> Router {
     text.push_str("  - { name: all, match: { topic: '#' }, to: [ { sink: s } ] }\n");
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
     let index = HashMap::from([("s".to_string(), 0)]);
-    Router::new(&config.routes, &config.unrouted, &index).expect("routes compile")
+    Router::new(
+        &config.routes,
+        &config.unrouted,
+        &index,
+        &config.sinks.kinds(),
+    )
+    .expect("routes compile")
 }
 
 fn per_message_ns(router: &Router, messages: &[Envelope], rounds: usize) -> f64 {

@@ -91,7 +91,12 @@ impl Bridge {
             index.insert(name.clone(), sinks.len());
             sinks.push(sink::build(name, sink_config)?);
         }
-        let router = Router::new(&config.routes, &config.unrouted, &index)?;
+        let router = Router::new(
+            &config.routes,
+            &config.unrouted,
+            &index,
+            &config.sinks.kinds(),
+        )?;
         let source_tls = source_tls(&config.source)?;
         let metrics = Arc::new(Metrics::new(
             config.max_in_flight,
@@ -231,7 +236,7 @@ impl Bridge {
             .enumerate()
             .map(|(i, name)| (name.clone(), i))
             .collect();
-        let router = Router::new(&new.routes, &new.unrouted, &index)?;
+        let router = Router::new(&new.routes, &new.unrouted, &index, &new.sinks.kinds())?;
         let dead_letter = dead_letter_index(new, &index)?;
         let source_changed = {
             // The undeliverable outcome lives in the plan; alone it needs

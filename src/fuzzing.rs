@@ -51,7 +51,9 @@ pub fn config(data: &[u8]) {
         .enumerate()
         .map(|(i, (name, _))| (name.clone(), i))
         .collect();
-    if let Err(error) = crate::route::Router::new(&config.routes, &config.unrouted, &index) {
+    let kinds = config.sinks.kinds();
+    if let Err(error) = crate::route::Router::new(&config.routes, &config.unrouted, &index, &kinds)
+    {
         panic!("`check` accepts a configuration the bridge cannot start with: {error}");
     }
 }

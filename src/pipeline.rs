@@ -14,8 +14,8 @@ use crate::config::RetryConfig;
 use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::status_order::{Admission, StatusOrder, StatusTicket};
-use crate::route::{Route, Router, Target, Template, Unrouted};
-use crate::sink::{Failure, Outgoing, Sink, SinkError};
+use crate::route::{Route, Router, TemplateError, Unrouted};
+use crate::sink::{Destination, Failure, Outgoing, Sink, SinkError};
 use crate::telemetry::metrics::SinkMetrics;
 use crate::telemetry::Metrics;
 
@@ -302,21 +302,11 @@ impl Pipeline {
                     unrouted.sink.inc();
                     // An unrouted copy keeps its platform topic, made a name
                     // its broker accepts (as is on MQTT, `pk.dn.…` on Kafka).
-                    let topic = envelope.topic().map(|t| {
-                        crate::route::Template::literal(&plan.sinks[sink].derived_topic(t))
-                    });
-                    let target = Target {
-                        sink,
-                        topic,
-                        qos: 1,
-                        retain: false,
-                        key: None,
-                        all_headers: true,
-                        tag: None,
-                        keys: Vec::new(),
-                    };
+                    let to = &plan.sinks[sink];
+                    let topic = envelope.topic().map(|t| to.derived_topic(t));
+                    let destination = Ok(Destination::derived(to.kind(), topic, None));
                     let copy = self
-                        .deliver_or_dead_letter(plan, "unrouted", &target, &envelope)
+                        .deliver_or_dead_letter(plan, "unrouted", sink, destination, &envelope)
                         .await;
                     Delivery::outcome([copy], plan.undeliverable)
                 }
@@ -339,11 +329,21 @@ impl Pipeline {
             .iter()
             .filter(|route| ordered || !route.order_by_time)
             .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route, t)))
-            .map(|(route, target)| async move {
-                let outcome = self
-                    .deliver_or_dead_letter(plan, &route.name, target, envelope)
-                    .await;
-                (route.order_by_time, outcome)
+            .map(|(route, target)| {
+                // The copy's whole destination, rendered before anything is sent.
+                let destination = target.destination.render(envelope);
+                async move {
+                    let outcome = self
+                        .deliver_or_dead_letter(
+                            plan,
+                            &route.name,
+                            target.sink,
+                            destination,
+                            envelope,
+                        )
+                        .await;
+                    (route.order_by_time, outcome)
+                }
             });
         let results = join_all(sends).await;
         if let Some(ticket) = status {
@@ -389,10 +389,27 @@ impl Pipeline {
         &self,
         plan: &Plan,
         route: &str,
-        target: &Target,
+        sink: usize,
+        destination: Result<Destination, TemplateError>,
         envelope: &Arc<Envelope>,
     ) -> Delivery {
-        let (error, without_dead_letter) = match self.deliver(plan, route, target, envelope).await {
+        let sent = match destination {
+            Ok(destination) => {
+                let message = Outgoing {
+                    envelope: envelope.clone(),
+                    destination,
+                    failure: None,
+                };
+                self.send_with_retry(plan, route, sink, message).await
+            }
+            Err(e) => {
+                // A template the message cannot fill: it fails for good.
+                plan.sink_metrics[sink].permanent.inc();
+                tracing::warn!(route, sink = plan.sinks[sink].name(), error = %e, message_id = envelope.message_id(), "cannot fill template");
+                Err(SinkError::Permanent(e.to_string()))
+            }
+        };
+        let (error, without_dead_letter) = match sent {
             Ok(()) => return Delivery::Confirmed,
             Err(SinkError::Transient(_)) => return Delivery::Failed,
             Err(SinkError::Permanent(error)) => (error, Delivery::Undeliverable),
@@ -401,24 +418,17 @@ impl Pipeline {
         let Some(dead_letter) = plan.dead_letter else {
             return without_dead_letter;
         };
+        let to = &plan.sinks[dead_letter];
         let message = Outgoing {
             envelope: envelope.clone(),
-            topic: Some(
-                plan.sinks[dead_letter].derived_topic(&format!("amqp-bridge/dead-letter/{route}")),
+            destination: Destination::derived(
+                to.kind(),
+                Some(to.derived_topic(&format!("amqp-bridge/dead-letter/{route}"))),
+                envelope.message_id(),
             ),
-            qos: 1,
-            retain: false,
-            key: envelope.message_id().map(str::to_string),
-            all_headers: true,
-            tag: None,
-            keys: envelope
-                .message_id()
-                .map(str::to_string)
-                .into_iter()
-                .collect(),
             failure: Some(Arc::new(Failure {
                 route: route.to_string(),
-                sink: plan.sinks[target.sink].name().to_string(),
+                sink: plan.sinks[sink].name().to_string(),
                 error,
             })),
         };
@@ -427,54 +437,11 @@ impl Pipeline {
             .await
         {
             Ok(()) => {
-                plan.sink_metrics[target.sink].dead_letters.inc();
+                plan.sink_metrics[sink].dead_letters.inc();
                 Delivery::DeadLettered
             }
             Err(_) => Delivery::Failed,
         }
-    }
-
-    /// Fills the target's templates for this message (a template it cannot
-    /// fill is a permanent failure) and sends the copy with retries.
-    async fn deliver(
-        &self,
-        plan: &Plan,
-        route: &str,
-        target: &Target,
-        envelope: &Arc<Envelope>,
-    ) -> Result<(), SinkError> {
-        let sink = &plan.sinks[target.sink];
-        let fill = |template: Option<&Template>| -> Result<Option<String>, SinkError> {
-            template
-                .map(|t| t.render(envelope))
-                .transpose()
-                .map_err(|e| {
-                    plan.sink_metrics[target.sink].permanent.inc();
-                    tracing::warn!(route, sink = sink.name(), error = %e, message_id = envelope.message_id(), "cannot fill template");
-                    SinkError::Permanent(e.to_string())
-                })
-        };
-        let topic = fill(target.topic.as_ref())?;
-        let key = fill(target.key.as_ref())?;
-        let tag = fill(target.tag.as_ref())?;
-        let keys = target
-            .keys
-            .iter()
-            .map(|k| fill(Some(k)).map(Option::unwrap_or_default))
-            .collect::<Result<Vec<_>, _>>()?;
-        let message = Outgoing {
-            envelope: envelope.clone(),
-            topic,
-            qos: target.qos,
-            retain: target.retain,
-            key,
-            all_headers: target.all_headers,
-            tag,
-            keys,
-            failure: None,
-        };
-        self.send_with_retry(plan, route, target.sink, message)
-            .await
     }
 
     /// Sends one copy, retrying transient failures until it succeeds, fails

@@ -29,7 +29,7 @@ pub use route::{
 pub use sink::{
     is_secret_property, ClientProperties, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig,
     MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl,
-    RocketMqSinkConfig, SinkConfig, Sinks, StdoutSinkConfig, SINK_KINDS,
+    RocketMqSinkConfig, SinkConfig, Sinks, StdoutSinkConfig,
 };
 pub use source::{
     AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceFilter, SourceKind,

@@ -6,8 +6,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::values::{known_sink_kind, parse_str_with, SinkName};
-use super::SinkConfig;
 use crate::route::Template;
+use crate::sink::SinkKind;
 
 /// One routing rule: which messages, and where copies of them go.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -239,8 +239,12 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 impl TryFrom<RawTarget> for TargetConfig {
     type Error = String;
     fn try_from(raw: RawTarget) -> Result<Self, String> {
-        let kind = known_sink_kind(&raw.sink.0).unwrap_or_default();
-        if SinkConfig::needs_topic(&kind) && raw.topic.as_deref().is_none_or(str::is_empty) {
+        // The first pass saw every sink's kind; an unknown one is reported
+        // at the sink itself.
+        let kind = known_sink_kind(&raw.sink.0)
+            .and_then(|k| SinkKind::from_name(&k))
+            .ok_or_else(|| format!("sink `{}` has no known kind", raw.sink))?;
+        if kind.needs_topic() && raw.topic.as_deref().is_none_or(str::is_empty) {
             return Err(format!(
                 "target on sink `{}` ({kind}) needs a `topic`",
                 raw.sink
@@ -257,7 +261,7 @@ impl TryFrom<RawTarget> for TargetConfig {
             ("properties", raw.properties.is_some()),
         ];
         if let Some((field, _)) = rocketmq_only.iter().find(|(_, set)| *set) {
-            if kind != "rocketmq" {
+            if kind != SinkKind::RocketMq {
                 return Err(format!(
                     "`{field}` is for RocketMQ targets; sink `{}` is {kind}",
                     raw.sink
@@ -274,7 +278,7 @@ impl TryFrom<RawTarget> for TargetConfig {
             .map(|k| Template::parse(k))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(topic) = &topic {
-            check_destination(&kind, topic)?;
+            check_destination(kind, topic)?;
         }
         Ok(TargetConfig {
             sink: raw.sink,
@@ -292,19 +296,8 @@ impl TryFrom<RawTarget> for TargetConfig {
 
 /// Refuses a topic its broker would refuse whatever the message: the whole
 /// name when it has no placeholder, else the fixed text around them.
-fn check_destination(kind: &str, topic: &Template) -> Result<(), String> {
-    use crate::sink::names;
-    let problem = match kind {
-        "kafka" if topic.is_literal() => names::kafka_topic_problem(topic.as_str()),
-        "kafka" => topic.literal_parts().find_map(names::kafka_chars_problem),
-        "mqtt" if topic.is_literal() => names::mqtt_topic_problem(topic.as_str()),
-        "mqtt" => topic.literal_parts().find_map(names::mqtt_chars_problem),
-        #[cfg(feature = "rocketmq")]
-        "rocketmq" if topic.is_literal() => {
-            crate::sink::rocketmq::check_topic(topic.as_str()).err()
-        }
-        _ => None,
-    };
+fn check_destination(kind: SinkKind, topic: &Template) -> Result<(), String> {
+    let problem = kind.topic_problem(topic);
     match problem {
         Some(problem) if problem.starts_with("topic `") => Err(problem),
         Some(problem) => Err(format!("topic `{}`: {problem}", topic.as_str())),

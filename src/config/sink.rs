@@ -11,9 +11,7 @@ use super::source::{parse_url, redact_url};
 use super::values::{known_sink_kind, parse_str_with, HumanDuration, Secret};
 use super::TlsConfig;
 pub use crate::sink::kafka::config::KafkaSinkConfig;
-
-/// The sink kinds this build knows, as written in `kind:`.
-pub const SINK_KINDS: &[&str] = &["mqtt", "kafka", "rocketmq", "file", "stdout"];
+use crate::sink::SinkKind;
 
 /// One named sink.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -27,19 +25,15 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
-    /// The `kind:` value, for messages and metrics labels.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind:` value.
+    pub fn kind(&self) -> SinkKind {
         match self {
-            SinkConfig::Mqtt(_) => "mqtt",
-            SinkConfig::Kafka(_) => "kafka",
-            SinkConfig::RocketMq(_) => "rocketmq",
-            SinkConfig::File(_) => "file",
-            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Mqtt(_) => SinkKind::Mqtt,
+            SinkConfig::Kafka(_) => SinkKind::Kafka,
+            SinkConfig::RocketMq(_) => SinkKind::RocketMq,
+            SinkConfig::File(_) => SinkKind::File,
+            SinkConfig::Stdout(_) => SinkKind::Stdout,
         }
-    }
-    /// True for sinks whose targets must name a destination topic.
-    pub fn needs_topic(kind: &str) -> bool {
-        matches!(kind, "mqtt" | "kafka" | "rocketmq")
     }
 }
 
@@ -488,6 +482,13 @@ impl<'de> Deserialize<'de> for MqttUrl {
 #[serde(transparent)]
 pub struct Sinks(pub BTreeMap<String, SinkConfig>);
 
+impl Sinks {
+    /// Each sink's kind, in the order of the map (the sinks' indices).
+    pub fn kinds(&self) -> Vec<SinkKind> {
+        self.0.values().map(SinkConfig::kind).collect()
+    }
+}
+
 impl<'de> Deserialize<'de> for Sinks {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(SinksVisitor)
@@ -506,8 +507,9 @@ impl<'de> Visitor<'de> for SinksVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Sinks, A::Error> {
         let mut sinks = BTreeMap::new();
         while let Some(name) = map.next_key::<String>()? {
-            let sink = match known_sink_kind(&name).as_deref() {
-                Some("mqtt") => {
+            let kind = known_sink_kind(&name);
+            let sink = match kind.as_deref().map(|k| SinkKind::from_name(k).ok_or(k)) {
+                Some(Ok(SinkKind::Mqtt)) => {
                     let mut mqtt: MqttSinkConfig = map.next_value()?;
                     if mqtt.client_id.is_empty() {
                         // Unique per replica and per sink: two replicas (or two
@@ -516,22 +518,22 @@ impl<'de> Visitor<'de> for SinksVisitor {
                     }
                     SinkConfig::Mqtt(Box::new(mqtt))
                 }
-                Some("kafka") => {
+                Some(Ok(SinkKind::Kafka)) => {
                     SinkConfig::Kafka(super::values::reading_sink(&name, || map.next_value())?)
                 }
-                Some("rocketmq") => SinkConfig::RocketMq(Box::new(map.next_value()?)),
-                Some("file") => SinkConfig::File(map.next_value()?),
-                Some("stdout") => SinkConfig::Stdout(map.next_value()?),
-                Some(other) => {
+                Some(Ok(SinkKind::RocketMq)) => SinkConfig::RocketMq(Box::new(map.next_value()?)),
+                Some(Ok(SinkKind::File)) => SinkConfig::File(map.next_value()?),
+                Some(Ok(SinkKind::Stdout)) => SinkConfig::Stdout(map.next_value()?),
+                Some(Err(other)) => {
                     match map.next_value_seed(Reject(format!(
                         "unknown sink kind `{other}`, expected one of {}",
-                        SINK_KINDS.join(", ")
+                        SinkKind::names()
                     )))? {}
                 }
                 None => {
                     match map.next_value_seed(Reject(format!(
                         "sink `{name}` has no `kind` (one of {})",
-                        SINK_KINDS.join(", ")
+                        SinkKind::names()
                     )))? {}
                 }
             };

@@ -12,23 +12,14 @@ pub use template::{Template, TemplateError};
 
 use crate::config::{Predicate, RouteConfig, UnroutedPolicy};
 use crate::envelope::Envelope;
+use crate::sink::{DestinationTemplate, SinkKind};
 
 /// A compiled target: which sink and how to fill its destination.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// Index into the bridge's sink list.
+    /// Index into the plan's sinks.
     pub sink: usize,
-    pub topic: Option<Template>,
-    pub qos: u8,
-    pub retain: bool,
-    /// Kafka record key.
-    pub key: Option<Template>,
-    /// Copy every application property as a header (Kafka) or user property (RocketMQ).
-    pub all_headers: bool,
-    /// RocketMQ tag.
-    pub tag: Option<Template>,
-    /// RocketMQ keys.
-    pub keys: Vec<Template>,
+    pub destination: DestinationTemplate,
 }
 
 /// A compiled route.
@@ -90,11 +81,13 @@ pub enum RouteError {
 }
 
 impl Router {
-    /// Compiles the routes; `sink_index` maps sink names to their position.
+    /// Compiles the routes; `sink_index` maps sink names to their position,
+    /// `sink_kinds` gives each position's kind.
     pub fn new(
         routes: &[RouteConfig],
         unrouted: &UnroutedPolicy,
         sink_index: &HashMap<String, usize>,
+        sink_kinds: &[SinkKind],
     ) -> Result<Router, RouteError> {
         let mut compiled = Vec::with_capacity(routes.len());
         for (i, route) in routes.iter().enumerate() {
@@ -108,20 +101,9 @@ impl Router {
                 let sink = *sink_index
                     .get(&target.sink.0)
                     .ok_or_else(|| invalid(format!("no sink `{}`", target.sink)))?;
-                let topic = target.topic.clone();
-                let key = target.key.clone();
-                let tag = target.tag.clone();
-                let keys = target.keys.clone();
                 targets.push(Target {
                     sink,
-                    topic,
-                    qos: target.qos.unwrap_or(1),
-                    retain: target.retain.unwrap_or(false),
-                    key,
-                    all_headers: target.headers == Some(crate::config::HeadersMode::All)
-                        || target.properties == Some(crate::config::HeadersMode::All),
-                    tag,
-                    keys,
+                    destination: DestinationTemplate::of(sink_kinds[sink], target),
                 });
             }
             compiled.push(Route {
@@ -200,7 +182,13 @@ mod tests {
         );
         let config = Config::parse(&text, Path::new("t.yaml"), |_| None).unwrap();
         let index = HashMap::from([("s".to_string(), 0)]);
-        Router::new(&config.routes, &config.unrouted, &index).unwrap()
+        Router::new(
+            &config.routes,
+            &config.unrouted,
+            &index,
+            &config.sinks.kinds(),
+        )
+        .unwrap()
     }
 
     fn envelope(topic: &str, props: &[(&str, &str)], body: &str) -> Envelope {

@@ -170,8 +170,8 @@ impl Sink for FileSink {
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "file"
+    fn kind(&self) -> crate::sink::SinkKind {
+        crate::sink::SinkKind::File
     }
 
     fn is_ready(&self) -> bool {

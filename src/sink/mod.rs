@@ -1,8 +1,10 @@
 //! Egress: one [`Sink`] per configured sink, each resolving a send only when
 //! its broker confirmed it.
 
+pub mod destination;
 pub mod file;
 pub mod kafka;
+pub mod kind;
 pub mod mqtt;
 pub mod mqtt_auth;
 pub mod names;
@@ -16,23 +18,15 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::envelope::Envelope;
+pub use destination::{Destination, DestinationTemplate};
+pub use kind::{build, SinkKind};
 
 /// One copy of a message for one sink.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub envelope: Arc<Envelope>,
-    /// Destination topic; `None` for sinks that need none (file, stdout).
-    pub topic: Option<String>,
-    pub qos: u8,
-    pub retain: bool,
-    /// Kafka record key.
-    pub key: Option<String>,
-    /// Copy every application property as a header, not only the platform's three.
-    pub all_headers: bool,
-    /// RocketMQ tag.
-    pub tag: Option<String>,
-    /// RocketMQ keys.
-    pub keys: Vec<String>,
+    /// Where it goes, in the fields of its sink's kind.
+    pub destination: Destination,
     /// Set when this copy is a dead letter: why the original target failed.
     pub failure: Option<Arc<Failure>>,
 }
@@ -74,13 +68,7 @@ impl Outgoing {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             )),
-            topic: None,
-            qos: 1,
-            retain: false,
-            key: None,
-            all_headers: false,
-            tag: None,
-            keys: Vec::new(),
+            destination: Destination::Stdout,
             failure: None,
         }
     }
@@ -169,8 +157,8 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     /// Resolves once the broker confirmed the message (or failed).
     fn send(&self, message: Outgoing) -> BoxFuture<'static, Result<(), SinkError>>;
-    /// The `kind:` of its configuration, for metrics labels.
-    fn kind(&self) -> &'static str;
+    /// The `kind:` of its configuration (metrics label, destination type).
+    fn kind(&self) -> SinkKind;
     /// True while the sink can deliver now (connected), for `/readyz`.
     fn is_ready(&self) -> bool;
     /// Resolves once the sink connected for the first time.
@@ -190,38 +178,10 @@ pub trait Sink: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Builds the sink of one config entry.
-pub fn build(
-    name: &str,
-    config: &crate::config::SinkConfig,
-) -> Result<Arc<dyn Sink>, SinkBuildError> {
-    match config {
-        crate::config::SinkConfig::Mqtt(c) => Ok(Arc::new(mqtt::MqttSink::start(name, c)?)),
-        crate::config::SinkConfig::File(c) => Ok(Arc::new(
-            file::FileSink::start(name, c).map_err(|source| SinkBuildError::File {
-                name: name.to_string(),
-                path: c.path.display().to_string(),
-                source,
-            })?,
-        )),
-        crate::config::SinkConfig::Stdout(_) => Ok(Arc::new(stdout::StdoutSink::new(name))),
-        #[cfg(feature = "kafka")]
-        crate::config::SinkConfig::Kafka(c) => Ok(Arc::new(kafka::KafkaSink::start(name, c)?)),
-        #[cfg(not(feature = "kafka"))]
-        crate::config::SinkConfig::Kafka(_) => Err(SinkBuildError::Invalid {
-            name: name.to_string(),
-            message: "this build has no Kafka support (cargo feature `kafka`)".into(),
-        }),
-        #[cfg(feature = "rocketmq")]
-        crate::config::SinkConfig::RocketMq(c) => {
-            Ok(Arc::new(rocketmq::RocketMqSink::start(name, c)?))
-        }
-        #[cfg(not(feature = "rocketmq"))]
-        crate::config::SinkConfig::RocketMq(_) => Err(SinkBuildError::Invalid {
-            name: name.to_string(),
-            message: "this build has no RocketMQ support (cargo feature `rocketmq`)".into(),
-        }),
-    }
+/// A copy whose destination is another kind's: a bug in the bridge, never
+/// forwarded (the copy fails for good and is dead-lettered).
+pub(crate) fn wrong_destination(sink: SinkKind, destination: &Destination) -> SinkError {
+    SinkError::Permanent(format!("a copy for {destination:?} reached a {sink} sink"))
 }
 
 /// Why a sink could not be set up.

@@ -35,8 +35,8 @@ impl Sink for StdoutSink {
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "stdout"
+    fn kind(&self) -> crate::sink::SinkKind {
+        crate::sink::SinkKind::Stdout
     }
 
     fn is_ready(&self) -> bool {

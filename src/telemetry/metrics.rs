@@ -632,7 +632,7 @@ pub fn seconds(elapsed: Duration) -> f64 {
 
 impl SinkFamilies {
     fn handles(&self, sink: &dyn Sink) -> SinkMetrics {
-        let (name, kind) = (sink.name().to_string(), sink.kind());
+        let (name, kind) = (sink.name().to_string(), sink.kind().name());
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
         made.entry((name.clone(), kind))
             .or_insert_with(|| self.make(name, kind))
@@ -685,7 +685,7 @@ impl Collector for SinkReadyCollector {
         for sink in &sinks {
             let l = vec![
                 ("sink", sink.name().to_string()),
-                ("kind", sink.kind().to_string()),
+                ("kind", sink.kind().name().to_string()),
             ];
             ConstGauge::new(i64::from(sink.is_ready())).encode(family.encode_family(&l)?)?;
         }

@@ -17,7 +17,7 @@ use super::client::{self, redacted};
 use super::config::KafkaSinkConfig;
 use super::context::SinkContext;
 use super::missing_topics::MissingTopics;
-use crate::sink::{Outgoing, Sink, SinkBuildError, SinkError};
+use crate::sink::{Destination, Outgoing, Sink, SinkBuildError, SinkError, SinkKind};
 
 /// The producer type: librdkafka's callbacks go through [`SinkContext`].
 type SinkProducer = FutureProducer<SinkContext>;
@@ -179,16 +179,15 @@ fn replace_fatal(
 
 /// Record headers: the platform's three properties, or all with `headers: all`;
 /// a dead letter adds why it failed.
-fn headers(message: &Outgoing) -> OwnedHeaders {
-    message.forwarded_properties(message.all_headers).fold(
-        OwnedHeaders::new(),
-        |headers, (key, value)| {
+fn headers(message: &Outgoing, all: bool) -> OwnedHeaders {
+    message
+        .forwarded_properties(all)
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
             headers.insert(Header {
                 key,
                 value: Some(value.as_bytes()),
             })
-        },
-    )
+        })
 }
 
 /// Whether retrying a failed record can help.
@@ -227,16 +226,26 @@ async fn send_record(
     context: &SinkContext,
     name: &str,
 ) -> Result<(), (SinkError, bool)> {
-    let topic = message.topic.clone().unwrap_or_default();
-    if let Some(problem) = crate::sink::names::kafka_topic_problem(&topic) {
+    let Destination::Kafka {
+        topic,
+        key,
+        all_headers,
+    } = &message.destination
+    else {
+        return Err((
+            crate::sink::wrong_destination(SinkKind::Kafka, &message.destination),
+            false,
+        ));
+    };
+    if let Some(problem) = crate::sink::names::kafka_topic_problem(topic) {
         // The broker would refuse it (and some brokers silently accept it).
         return Err((SinkError::Permanent(problem), false));
     }
     let body = message.envelope.body.clone();
-    let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
         .payload(&body[..])
-        .headers(headers(message));
-    if let Some(key) = &message.key {
+        .headers(headers(message, *all_headers));
+    if let Some(key) = key {
         record = record.key(key.as_bytes());
     }
     // Timeout::Never: a full local queue waits here (backpressure).
@@ -281,7 +290,7 @@ impl Sink for KafkaSink {
             )
             .await
             .map_err(|(error, unknown_topic)| {
-                let topic = message.topic.as_deref().unwrap_or_default();
+                let topic = message.destination.topic().unwrap_or_default();
                 if unknown_topic {
                     missing.classify(topic, error)
                 } else {
@@ -292,15 +301,15 @@ impl Sink for KafkaSink {
                 // The cluster confirmed a record: an earlier client error
                 // no longer explains anything (`/readyz`).
                 context.clear_error();
-                missing.found(message.topic.as_deref().unwrap_or_default());
+                missing.found(message.destination.topic().unwrap_or_default());
             }
             last_send.record(&result);
             result
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "kafka"
+    fn kind(&self) -> crate::sink::SinkKind {
+        crate::sink::SinkKind::Kafka
     }
 
     fn derived_topic(&self, raw: &str) -> String {
@@ -367,19 +376,16 @@ mod tests {
     #[test]
     fn dead_letters_carry_their_failure_as_headers() {
         use rdkafka::message::Headers;
-        let mut message = Outgoing {
-            topic: Some("dead".into()),
-            ..Outgoing::for_test(&[("topic", "/p/d/x"), ("other", "o")], b"{}")
-        };
+        let mut message = Outgoing::for_test(&[("topic", "/p/d/x"), ("other", "o")], b"{}");
         let names =
             |h: &OwnedHeaders| -> Vec<String> { h.iter().map(|h| h.key.to_string()).collect() };
-        assert_eq!(names(&headers(&message)), ["topic"]);
+        assert_eq!(names(&headers(&message, false)), ["topic"]);
         message.failure = Some(std::sync::Arc::new(crate::sink::Failure {
             route: "r".into(),
             sink: "s".into(),
             error: "too large".into(),
         }));
-        let with_failure = headers(&message);
+        let with_failure = headers(&message, false);
         assert_eq!(
             names(&with_failure),
             [

@@ -30,7 +30,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{oneshot, watch, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::{Outgoing, Sink, SinkBuildError, SinkError};
+use super::{Destination, Outgoing, Sink, SinkBuildError, SinkError, SinkKind};
 use crate::backoff::Backoff;
 use crate::config::{MqttSinkConfig, MqttVersion, Secret};
 
@@ -363,15 +363,20 @@ impl Sink for MqttSink {
         let tracker = self.tracker.clone();
         let limits = self.limits.clone();
         Box::pin(async move {
-            let topic = message.topic.clone().unwrap_or_default();
+            let Destination::Mqtt { topic, qos, retain } = message.destination.clone() else {
+                return Err(crate::sink::wrong_destination(
+                    SinkKind::Mqtt,
+                    &message.destination,
+                ));
+            };
             if !valid_topic_name(&topic) {
                 return Err(SinkError::Permanent(format!(
                     "invalid MQTT topic name `{topic}`"
                 )));
             }
             let size = match &client {
-                Client::V5(_) => v5::packet_size(&topic, &message)?,
-                Client::V4(_) => v4::packet_size(&topic, &message),
+                Client::V5(_) => v5::packet_size(&topic, qos, &message)?,
+                Client::V4(_) => v4::packet_size(&topic, qos, &message),
             };
             let max = limits.max_packet_size.load(Ordering::Relaxed);
             if size > max {
@@ -395,12 +400,12 @@ impl Sink for MqttSink {
                     return Err(SinkError::Transient("not connected to the broker".into()));
                 }
                 client
-                    .publish(topic, message.qos, message.retain, &message)
+                    .publish(topic, qos, retain, &message)
                     .await
                     .map_err(|e| SinkError::Transient(format!("cannot queue publish: {e}")))?;
                 t.queued.push_back(Waiter {
                     done,
-                    qos: message.qos,
+                    qos,
                     since: Instant::now(),
                     _slot: slot,
                 });
@@ -417,8 +422,8 @@ impl Sink for MqttSink {
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "mqtt"
+    fn kind(&self) -> crate::sink::SinkKind {
+        crate::sink::SinkKind::Mqtt
     }
 
     fn derived_topic(&self, raw: &str) -> String {

@@ -73,7 +73,7 @@ pub(super) fn connect(
 /// over the broker's maximum is refused here (rumqttc's own check would fail
 /// the whole connection). Permanent when an application property does not fit
 /// an MQTT string (rumqttc would write a truncated length).
-pub(super) fn packet_size(topic: &str, message: &Message) -> Result<usize, SinkError> {
+pub(super) fn packet_size(topic: &str, qos: u8, message: &Message) -> Result<usize, SinkError> {
     let mut properties = 0;
     for (name, value) in message.forwarded_properties(true) {
         for (what, text) in [("name", name), ("value", value)] {
@@ -88,7 +88,7 @@ pub(super) fn packet_size(topic: &str, message: &Message) -> Result<usize, SinkE
         // Identifier byte, then two length-prefixed strings.
         properties += 1 + 2 + name.len() + 2 + value.len();
     }
-    let packet_id = if message.qos > 0 { 2 } else { 0 };
+    let packet_id = if qos > 0 { 2 } else { 0 };
     let remaining = 2
         + topic.len()
         + packet_id
@@ -235,8 +235,6 @@ mod tests {
     #[test]
     fn dead_letters_carry_their_failure_as_user_properties() {
         let message = Message {
-            topic: Some("dead".into()),
-            all_headers: true,
             failure: Some(Arc::new(crate::sink::Failure {
                 route: "r".into(),
                 sink: "s".into(),
@@ -262,10 +260,7 @@ mod tests {
                 for qos_level in [0, 1, 2] {
                     let value = "v".repeat(value_len);
                     let body: &'static [u8] = Box::leak(vec![b'x'; body_len].into_boxed_slice());
-                    let message = Message {
-                        qos: qos_level,
-                        ..Message::for_test(&[("k", &value)], body)
-                    };
+                    let message = Message::for_test(&[("k", &value)], body);
                     let topic = "t/opic";
                     let mut publish = Publish::new(
                         topic,
@@ -275,7 +270,7 @@ mod tests {
                     );
                     publish.pkid = u16::from(qos_level > 0);
                     assert_eq!(
-                        packet_size(topic, &message).unwrap(),
+                        packet_size(topic, qos_level, &message).unwrap(),
                         publish.size(),
                         "value {value_len} body {body_len} qos {qos_level}"
                     );
@@ -288,10 +283,10 @@ mod tests {
     fn a_user_property_longer_than_an_mqtt_string_is_permanent() {
         let fits = "v".repeat(MAX_STRING);
         let message = Message::for_test(&[("k", &fits)], b"");
-        assert!(packet_size("t", &message).is_ok());
+        assert!(packet_size("t", 1, &message).is_ok());
         let long = "v".repeat(MAX_STRING + 1);
         let message = Message::for_test(&[("k", &long)], b"");
-        match packet_size("t", &message) {
+        match packet_size("t", 1, &message) {
             Err(SinkError::Permanent(e)) => assert!(e.contains("65535"), "{e}"),
             other => panic!("{other:?}"),
         }

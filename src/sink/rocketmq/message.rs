@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::codec::{request_code, Command};
-use crate::sink::Outgoing;
+use crate::sink::{Destination, Outgoing};
 
 /// Property names the broker or clients give a meaning to
 /// (`MessageConst.STRING_HASH_SET`). A user property with such a name is sent
@@ -115,8 +115,17 @@ fn clean(text: &str) -> std::borrow::Cow<'_, str> {
 /// user ones — the platform's three, or every application property with
 /// `properties: all` — plus, for a dead letter, why it failed.
 pub fn properties(message: &Outgoing) -> BTreeMap<String, String> {
+    let (tag, keys, all) = match &message.destination {
+        Destination::RocketMq {
+            tag,
+            keys,
+            all_properties,
+            ..
+        } => (tag.as_deref(), keys.as_slice(), *all_properties),
+        _ => (None, &[][..], false),
+    };
     let mut props: BTreeMap<String, String> = message
-        .forwarded_properties(message.all_headers)
+        .forwarded_properties(all)
         .map(|(name, value)| {
             (
                 clean(&property_name(name)).into_owned(),
@@ -124,11 +133,10 @@ pub fn properties(message: &Outgoing) -> BTreeMap<String, String> {
             )
         })
         .collect();
-    if let Some(tag) = message.tag.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(tag) = tag.filter(|t| !t.is_empty()) {
         props.insert("TAGS".into(), clean(tag).into_owned());
     }
-    let keys: Vec<&str> = message
-        .keys
+    let keys: Vec<&str> = keys
         .iter()
         .flat_map(|k| k.split_whitespace())
         .filter(|k| !k.is_empty())
@@ -265,8 +273,12 @@ mod tests {
             ("odd", "x\u{1}y"),
         ];
         Outgoing {
-            topic: Some("iot".into()),
-            all_headers: all,
+            destination: Destination::RocketMq {
+                topic: "iot".into(),
+                tag: None,
+                keys: Vec::new(),
+                all_properties: all,
+            },
             failure: failure.map(Arc::new),
             ..Outgoing::for_test(&properties, b"{}")
         }
@@ -275,8 +287,12 @@ mod tests {
     #[test]
     fn platform_properties_tag_and_keys() {
         let message = Outgoing {
-            tag: Some("property".into()),
-            keys: vec!["42 dev".into()],
+            destination: Destination::RocketMq {
+                topic: "iot".into(),
+                tag: Some("property".into()),
+                keys: vec!["42 dev".into()],
+                all_properties: false,
+            },
             ..outgoing(false, None)
         };
         let props = properties(&message);

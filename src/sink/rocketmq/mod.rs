@@ -42,7 +42,7 @@ pub(crate) fn classify_response(
 use name_server::NameServers;
 use topic_routes::TopicRoutes;
 
-use super::{Outgoing, Sink, SinkBuildError, SinkError};
+use super::{Destination, Outgoing, Sink, SinkBuildError, SinkError};
 use crate::config::{NotDurablePolicy, RocketMqSinkConfig};
 
 /// How long a broker that failed a send is skipped when another can take it.
@@ -194,7 +194,12 @@ impl Producer {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), SinkError> {
-        let topic = message.topic.as_deref().unwrap_or_default();
+        let Destination::RocketMq { topic, .. } = &message.destination else {
+            return Err(super::wrong_destination(
+                super::SinkKind::RocketMq,
+                &message.destination,
+            ));
+        };
         let topic = if message.failure.is_some() {
             message::sanitize_topic(topic)
         } else {
@@ -282,8 +287,8 @@ impl Sink for RocketMqSink {
         })
     }
 
-    fn kind(&self) -> &'static str {
-        "rocketmq"
+    fn kind(&self) -> crate::sink::SinkKind {
+        crate::sink::SinkKind::RocketMq
     }
 
     fn derived_topic(&self, raw: &str) -> String {

@@ -1,0 +1,116 @@
+//! The sink kinds, and the one place that maps each to its code: its name in
+//! `kind:`, whether its targets need a topic, what its broker refuses in a
+//! topic, and how its sink starts. Adding a kind is its folder under
+//! `src/sink/` plus one arm in each `match` here (see CONTRIBUTING.md).
+
+use std::sync::Arc;
+
+use crate::config::SinkConfig;
+use crate::route::Template;
+
+use super::{Sink, SinkBuildError};
+
+/// A sink kind, as written in `kind:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SinkKind {
+    Mqtt,
+    Kafka,
+    RocketMq,
+    File,
+    Stdout,
+}
+
+impl SinkKind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [SinkKind; 5] = [
+        SinkKind::Mqtt,
+        SinkKind::Kafka,
+        SinkKind::RocketMq,
+        SinkKind::File,
+        SinkKind::Stdout,
+    ];
+
+    /// The `kind:` value; also the `kind` label of metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Mqtt => "mqtt",
+            SinkKind::Kafka => "kafka",
+            SinkKind::RocketMq => "rocketmq",
+            SinkKind::File => "file",
+            SinkKind::Stdout => "stdout",
+        }
+    }
+
+    /// The kind a `kind:` value names.
+    pub fn from_name(name: &str) -> Option<SinkKind> {
+        SinkKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// `mqtt, kafka, …` for error messages.
+    pub fn names() -> String {
+        SinkKind::ALL.map(SinkKind::name).join(", ")
+    }
+
+    /// True when a target on such a sink must name a destination topic.
+    pub fn needs_topic(self) -> bool {
+        match self {
+            SinkKind::Mqtt | SinkKind::Kafka | SinkKind::RocketMq => true,
+            SinkKind::File | SinkKind::Stdout => false,
+        }
+    }
+
+    /// What the broker would refuse in this topic whatever the message: the
+    /// whole name when it has no placeholder, else the fixed text around
+    /// them.
+    pub fn topic_problem(self, topic: &Template) -> Option<String> {
+        use super::names;
+        match self {
+            SinkKind::Kafka if topic.is_literal() => names::kafka_topic_problem(topic.as_str()),
+            SinkKind::Kafka => topic.literal_parts().find_map(names::kafka_chars_problem),
+            SinkKind::Mqtt if topic.is_literal() => names::mqtt_topic_problem(topic.as_str()),
+            SinkKind::Mqtt => topic.literal_parts().find_map(names::mqtt_chars_problem),
+            #[cfg(feature = "rocketmq")]
+            SinkKind::RocketMq if topic.is_literal() => {
+                super::rocketmq::check_topic(topic.as_str()).err()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Starts the sink of one config entry.
+pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkBuildError> {
+    match config {
+        SinkConfig::Mqtt(c) => Ok(Arc::new(super::mqtt::MqttSink::start(name, c)?)),
+        SinkConfig::File(c) => Ok(Arc::new(super::file::FileSink::start(name, c).map_err(
+            |source| SinkBuildError::File {
+                name: name.to_string(),
+                path: c.path.display().to_string(),
+                source,
+            },
+        )?)),
+        SinkConfig::Stdout(_) => Ok(Arc::new(super::stdout::StdoutSink::new(name))),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(c) => Ok(Arc::new(super::kafka::KafkaSink::start(name, c)?)),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => Err(missing_feature(name, "Kafka", "kafka")),
+        #[cfg(feature = "rocketmq")]
+        SinkConfig::RocketMq(c) => Ok(Arc::new(super::rocketmq::RocketMqSink::start(name, c)?)),
+        #[cfg(not(feature = "rocketmq"))]
+        SinkConfig::RocketMq(_) => Err(missing_feature(name, "RocketMQ", "rocketmq")),
+    }
+}
+
+#[cfg(any(not(feature = "kafka"), not(feature = "rocketmq")))]
+fn missing_feature(name: &str, what: &str, feature: &str) -> SinkBuildError {
+    SinkBuildError::Invalid {
+        name: name.to_string(),
+        message: format!("this build has no {what} support (cargo feature `{feature}`)"),
+    }
+}
