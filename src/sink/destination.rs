@@ -94,8 +94,13 @@ pub enum DestinationTemplate {
         keys: Vec<Template>,
         all_properties: bool,
     },
-    File,
-    Stdout,
+    /// File and stdout sinks take no destination; a `topic` given on
+    /// such a target is still filled, and a message that cannot fill it
+    /// fails like any other (as it always has).
+    Unaddressed {
+        kind: SinkKind,
+        topic: Option<Template>,
+    },
 }
 
 impl DestinationTemplate {
@@ -126,8 +131,10 @@ impl DestinationTemplate {
                 all_properties: target.properties == Some(HeadersMode::All)
                     || target.headers == Some(HeadersMode::All),
             },
-            SinkKind::File => DestinationTemplate::File,
-            SinkKind::Stdout => DestinationTemplate::Stdout,
+            SinkKind::File | SinkKind::Stdout => DestinationTemplate::Unaddressed {
+                kind,
+                topic: target.topic.clone(),
+            },
         }
     }
 
@@ -163,8 +170,12 @@ impl DestinationTemplate {
                     .collect::<Result<_, _>>()?,
                 all_properties: *all_properties,
             },
-            DestinationTemplate::File => Destination::File,
-            DestinationTemplate::Stdout => Destination::Stdout,
+            DestinationTemplate::Unaddressed { kind, topic } => {
+                if let Some(topic) = topic {
+                    topic.render(envelope)?;
+                }
+                Destination::derived(*kind, None, None)
+            }
         })
     }
 }

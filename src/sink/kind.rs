@@ -46,7 +46,8 @@ impl SinkKind {
         SinkKind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    /// `mqtt, kafka, …` for error messages.
+    /// `mqtt, kafka, …` for error messages: the kinds a configuration of
+    /// this build may use.
     pub fn names() -> String {
         SinkKind::ALL.map(SinkKind::name).join(", ")
     }
