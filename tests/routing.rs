@@ -586,3 +586,30 @@ async fn retries_running_past_max_elapsed_release_even_with_undeliverable_reject
     assert_eq!((metrics.rejected(), metrics.modified()), (0, 0));
     assert!(metrics.released() >= 1);
 }
+
+/// The null sink (`kind: blackhole`; benchmarks and tests, cargo feature `blackhole-sink`) confirms
+/// every copy: each message accepted, counted as forwarded, none dead.
+#[cfg(feature = "blackhole-sink")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_null_sink_confirms_every_copy() {
+    const N: u64 = 500;
+    let emulator = emulator(|c| c.count = N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-null", "");
+    let config = Config::parse(
+        &format!(
+            "{source}sinks:\n  none: {{ kind: blackhole }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: none }} ] }}\n"
+        ),
+        Path::new("null.yaml"),
+        |_| None,
+    )
+    .unwrap();
+    let bridge = Bridge::start(&config).await.unwrap();
+    within(60, "all accepted", emulator.all_accepted()).await;
+    let forwarded = bridge.metrics().forwarded();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert_eq!(forwarded, N);
+}

@@ -22,6 +22,7 @@ pub enum SinkConfig {
     RocketMq(Box<RocketMqSinkConfig>),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
+    Blackhole(crate::sink::blackhole::config::BlackholeSinkConfig),
 }
 
 impl SinkConfig {
@@ -33,6 +34,7 @@ impl SinkConfig {
             SinkConfig::RocketMq(_) => SinkKind::RocketMq,
             SinkConfig::File(_) => SinkKind::File,
             SinkConfig::Stdout(_) => SinkKind::Stdout,
+            SinkConfig::Blackhole(_) => SinkKind::Blackhole,
         }
     }
 }
@@ -524,6 +526,16 @@ impl<'de> Visitor<'de> for SinksVisitor {
                 Some(Ok(SinkKind::RocketMq)) => SinkConfig::RocketMq(Box::new(map.next_value()?)),
                 Some(Ok(SinkKind::File)) => SinkConfig::File(map.next_value()?),
                 Some(Ok(SinkKind::Stdout)) => SinkConfig::Stdout(map.next_value()?),
+                #[cfg(feature = "blackhole-sink")]
+                Some(Ok(SinkKind::Blackhole)) => SinkConfig::Blackhole(map.next_value()?),
+                #[cfg(not(feature = "blackhole-sink"))]
+                Some(Ok(SinkKind::Blackhole)) => {
+                    match map.next_value_seed(Reject(
+                        "`kind: blackhole` confirms without delivering: it exists in benchmark and test builds \
+                         only (cargo feature `blackhole-sink`)"
+                            .to_string(),
+                    ))? {}
+                }
                 Some(Err(other)) => {
                     match map.next_value_seed(Reject(format!(
                         "unknown sink kind `{other}`, expected one of {}",

@@ -33,6 +33,7 @@ pub enum Destination {
     },
     File,
     Stdout,
+    Blackhole,
 }
 
 impl Destination {
@@ -60,6 +61,7 @@ impl Destination {
             },
             SinkKind::File => Destination::File,
             SinkKind::Stdout => Destination::Stdout,
+            SinkKind::Blackhole => Destination::Blackhole,
         }
     }
 
@@ -69,7 +71,7 @@ impl Destination {
             Destination::Mqtt { topic, .. }
             | Destination::Kafka { topic, .. }
             | Destination::RocketMq { topic, .. } => Some(topic),
-            Destination::File | Destination::Stdout => None,
+            Destination::File | Destination::Stdout | Destination::Blackhole => None,
         }
     }
 }
@@ -94,7 +96,7 @@ pub enum DestinationTemplate {
         keys: Vec<Template>,
         all_properties: bool,
     },
-    /// File and stdout sinks take no destination; a `topic` given on
+    /// File, stdout and blackhole sinks take no destination; a `topic` given on
     /// such a target is still filled, and a message that cannot fill it
     /// fails like any other (as it always has).
     Unaddressed {
@@ -131,10 +133,12 @@ impl DestinationTemplate {
                 all_properties: target.properties == Some(HeadersMode::All)
                     || target.headers == Some(HeadersMode::All),
             },
-            SinkKind::File | SinkKind::Stdout => DestinationTemplate::Unaddressed {
-                kind,
-                topic: target.topic.clone(),
-            },
+            SinkKind::File | SinkKind::Stdout | SinkKind::Blackhole => {
+                DestinationTemplate::Unaddressed {
+                    kind,
+                    topic: target.topic.clone(),
+                }
+            }
         }
     }
 

@@ -18,16 +18,19 @@ pub enum SinkKind {
     RocketMq,
     File,
     Stdout,
+    /// Benchmarks and tests only (cargo feature `blackhole-sink`).
+    Blackhole,
 }
 
 impl SinkKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [SinkKind; 5] = [
+    pub const ALL: [SinkKind; 6] = [
         SinkKind::Mqtt,
         SinkKind::Kafka,
         SinkKind::RocketMq,
         SinkKind::File,
         SinkKind::Stdout,
+        SinkKind::Blackhole,
     ];
 
     /// The `kind:` value; also the `kind` label of metrics.
@@ -38,6 +41,7 @@ impl SinkKind {
             SinkKind::RocketMq => "rocketmq",
             SinkKind::File => "file",
             SinkKind::Stdout => "stdout",
+            SinkKind::Blackhole => "blackhole",
         }
     }
 
@@ -49,14 +53,19 @@ impl SinkKind {
     /// `mqtt, kafka, …` for error messages: the kinds a configuration of
     /// this build may use.
     pub fn names() -> String {
-        SinkKind::ALL.map(SinkKind::name).join(", ")
+        SinkKind::ALL
+            .into_iter()
+            .filter(|kind| cfg!(feature = "blackhole-sink") || *kind != SinkKind::Blackhole)
+            .map(SinkKind::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// True when a target on such a sink must name a destination topic.
     pub fn needs_topic(self) -> bool {
         match self {
             SinkKind::Mqtt | SinkKind::Kafka | SinkKind::RocketMq => true,
-            SinkKind::File | SinkKind::Stdout => false,
+            SinkKind::File | SinkKind::Stdout | SinkKind::Blackhole => false,
         }
     }
 
@@ -97,6 +106,7 @@ pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkBuild
             },
         )?)),
         SinkConfig::Stdout(_) => Ok(Arc::new(super::stdout::StdoutSink::new(name))),
+        SinkConfig::Blackhole(_) => Ok(Arc::new(super::blackhole::BlackholeSink::new(name))),
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(c) => Ok(Arc::new(super::kafka::KafkaSink::start(name, c)?)),
         #[cfg(not(feature = "kafka"))]

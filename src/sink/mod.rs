@@ -1,6 +1,7 @@
 //! Egress: one [`Sink`] per configured sink, each resolving a send only when
 //! its broker confirmed it.
 
+pub mod blackhole;
 pub mod destination;
 pub mod file;
 pub mod kafka;
