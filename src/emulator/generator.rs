@@ -351,7 +351,7 @@ fn typed_value(
         }
         "symbol" => SimpleValue::Symbol(Symbol::from(text()?)),
         "string" => SimpleValue::String(text()?.to_string()),
-        "blackhole" => SimpleValue::Null,
+        "null" => SimpleValue::Null,
         other => return Err(format!("unknown property type `{other}`")),
     })
 }
