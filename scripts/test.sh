@@ -11,9 +11,13 @@ cargo fmt --all -- --check
 # priority alongside the rest, on the CPU time the lints and tests leave idle.
 mkdir -p target
 fuzz_log=target/fuzz-build.log
-# Its own process group (setsid), so a failing step below stops it too.
-setsid nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+# Its own process group (job control on), so a failing step below stops it
+# too; not its own session (setsid), where the kernel's autogroups would give
+# it a fair share of the CPU whatever its nice value.
+set -m
+nice -n 19 ./scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
 fuzz_build=$!
+set +m
 trap 'kill -- -"$fuzz_build" 2>/dev/null || true' EXIT
 
 cargo clippy --all-targets --all-features -- -D warnings

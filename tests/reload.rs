@@ -191,28 +191,22 @@ async fn sinks_added_and_removed(two_reloads: bool) {
     let emulator = emulator(|c| c.count = N).await;
     let dir = tempfile::tempdir().unwrap();
     let source = source_yaml(&emulator, dir.path(), "bridge-reload-sinks", "");
-    let old = parse(&format!(
-        r##"{source}max_in_flight: {MAX_IN_FLIGHT}
+    // Both sinks, one route named `route` copying to each under `a/`.
+    let to_both = |route: &str| {
+        parse(&format!(
+            r##"{source}max_in_flight: {MAX_IN_FLIGHT}
 sinks:
   kept: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-kept }}
   removed: {{ kind: mqtt, url: "mqtt://127.0.0.1:{removed}", client_id: reload-removed }}
 routes:
-  - {{ name: old, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
+  - {{ name: {route}, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
 "##,
-        kept = kept_broker.port,
-        removed = removed_broker.port,
-    ));
-    let renamed = parse(&format!(
-        r##"{source}max_in_flight: {MAX_IN_FLIGHT}
-sinks:
-  kept: {{ kind: mqtt, url: "mqtt://127.0.0.1:{kept}", client_id: reload-kept }}
-  removed: {{ kind: mqtt, url: "mqtt://127.0.0.1:{removed}", client_id: reload-removed }}
-routes:
-  - {{ name: renamed, match: {{ topic: "#" }}, to: [ {{ sink: kept, topic: "a/{{messageId}}" }}, {{ sink: removed, topic: "a/{{messageId}}" }} ] }}
-"##,
-        kept = kept_broker.port,
-        removed = removed_broker.port,
-    ));
+            kept = kept_broker.port,
+            removed = removed_broker.port,
+        ))
+    };
+    let old = to_both("old");
+    let renamed = to_both("renamed");
     let new = parse(&format!(
         r##"{source}max_in_flight: {MAX_IN_FLIGHT}
 sinks:
