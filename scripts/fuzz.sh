@@ -18,8 +18,8 @@ runs=${3:--1}
 export RUSTC_BOOTSTRAP=1
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  echo "fuzz: cargo-fuzz missing; run ./scripts/install-test-deps.sh" >&2
-  exit 1
+  echo "fuzz: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2
 fi
 
 cargo fuzz build -O

