@@ -35,6 +35,12 @@ routes:
     )
 }
 
+/// Waits until `subscriber` has received `n` publishes.
+async fn received(subscriber: &Subscriber, n: u64, what: &str) {
+    let mut total = subscriber.total();
+    within(60, what, total.wait_for(|t| *t >= n)).await.unwrap();
+}
+
 /// Message id → the topic prefixes it arrived under, each counted.
 fn arrivals(counts: &HashMap<String, u32>) -> HashMap<String, Vec<(String, u32)>> {
     let mut by_id: HashMap<String, Vec<(String, u32)>> = HashMap::new();
@@ -67,14 +73,7 @@ async fn routes_replaced_under_load_lose_nothing_and_never_mix() {
     let new = parse(&paired(&source, broker.port, "b1", "b2"));
 
     let bridge = Bridge::start(&old).await.unwrap();
-    let mut total = subscriber.total();
-    within(
-        60,
-        "a third of the copies",
-        total.wait_for(|t| *t >= 2 * N / 3),
-    )
-    .await
-    .unwrap();
+    received(&subscriber, 2 * N / 3, "a third of the copies").await;
     bridge.reload(&new).expect("a routes-only change reloads");
     within(120, "all accepted", emulator.all_accepted()).await;
     // Copies of messages in flight at the reload finish on the old routes.
@@ -219,14 +218,7 @@ routes:
     ));
 
     let bridge = Bridge::start(&old).await.unwrap();
-    let mut removed_total = removed_sub.total();
-    within(
-        60,
-        "100 copies at the removed sink",
-        removed_total.wait_for(|t| *t >= 100),
-    )
-    .await
-    .unwrap();
+    received(&removed_sub, 100, "100 copies at the removed sink").await;
     removed_broker.signal("STOP");
     // Every slot is taken by a message waiting for the frozen broker.
     eventually("in flight at max_in_flight", 60, || {
@@ -302,14 +294,7 @@ async fn a_changed_source_reconnects_after_settling_what_it_holds() {
     assert_ne!(old.source, new.source);
 
     let bridge = Bridge::start(&old).await.unwrap();
-    let mut total = subscriber.total();
-    within(
-        60,
-        "a third of the copies",
-        total.wait_for(|t| *t >= 2 * N / 3),
-    )
-    .await
-    .unwrap();
+    received(&subscriber, 2 * N / 3, "a third of the copies").await;
     let logins = emulator.stats().snapshot().logins_ok;
     bridge.reload(&new).expect("a source change reloads");
     within(120, "all accepted", emulator.all_accepted()).await;
