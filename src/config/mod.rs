@@ -10,7 +10,7 @@ mod error;
 mod interpolate;
 mod route;
 mod sink;
-mod source;
+pub(crate) mod source;
 pub(crate) mod values;
 mod warnings;
 

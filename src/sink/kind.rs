@@ -73,12 +73,13 @@ impl SinkKind {
     /// whole name when it has no placeholder, else the fixed text around
     /// them.
     pub fn topic_problem(self, topic: &Template) -> Option<String> {
-        use super::names;
+        use super::kafka::topic_names as kafka;
+        use super::mqtt::topic_names as mqtt;
         match self {
-            SinkKind::Kafka if topic.is_literal() => names::kafka_topic_problem(topic.as_str()),
-            SinkKind::Kafka => topic.literal_parts().find_map(names::kafka_chars_problem),
-            SinkKind::Mqtt if topic.is_literal() => names::mqtt_topic_problem(topic.as_str()),
-            SinkKind::Mqtt => topic.literal_parts().find_map(names::mqtt_chars_problem),
+            SinkKind::Kafka if topic.is_literal() => kafka::kafka_topic_problem(topic.as_str()),
+            SinkKind::Kafka => topic.literal_parts().find_map(kafka::kafka_chars_problem),
+            SinkKind::Mqtt if topic.is_literal() => mqtt::mqtt_topic_problem(topic.as_str()),
+            SinkKind::Mqtt => topic.literal_parts().find_map(mqtt::mqtt_chars_problem),
             #[cfg(feature = "rocketmq")]
             SinkKind::RocketMq if topic.is_literal() => {
                 super::rocketmq::check_topic(topic.as_str()).err()

@@ -7,10 +7,7 @@ pub mod file;
 pub mod kafka;
 pub mod kind;
 pub mod mqtt;
-pub mod mqtt_auth;
-pub mod names;
 pub mod record;
-#[cfg(feature = "rocketmq")]
 pub mod rocketmq;
 pub mod stdout;
 

@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::properties::ClientProperties;
 use crate::config::values::{duration_in, integer_in, parse_str_with};
-use crate::config::{ClientProperties, HumanDuration, Secret, TlsConfig};
+use crate::config::{HumanDuration, Secret, TlsConfig};
 
 /// A Kafka cluster (librdkafka producer, acks=all and idempotence by default).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -17,6 +17,8 @@ mod context;
 mod missing_topics;
 #[cfg(feature = "kafka")]
 mod producer;
+pub mod properties;
+pub mod topic_names;
 
 #[cfg(feature = "kafka")]
 pub use producer::KafkaSink;

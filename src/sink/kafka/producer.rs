@@ -237,7 +237,7 @@ async fn send_record(
             false,
         ));
     };
-    if let Some(problem) = crate::sink::names::kafka_topic_problem(topic) {
+    if let Some(problem) = super::topic_names::kafka_topic_problem(topic) {
         // The broker would refuse it (and some brokers silently accept it).
         return Err((SinkError::Permanent(problem), false));
     }
@@ -313,7 +313,7 @@ impl Sink for KafkaSink {
     }
 
     fn derived_topic(&self, raw: &str) -> String {
-        crate::sink::names::kafka_topic(raw)
+        super::topic_names::kafka_topic(raw)
     }
 
     fn is_ready(&self) -> bool {

@@ -15,6 +15,9 @@
 //! the same lock, so nothing is both failed back and silently resent, and no
 //! stale event is paired with a later waiter.
 
+pub mod auth;
+pub mod config;
+pub mod topic_names;
 mod v4;
 mod v5;
 
@@ -268,8 +271,8 @@ fn credentials(
                     "give either `auth` or `username`/`password`, not both".into(),
                 ));
             }
-            super::mqtt_auth::check_client_id(&config.client_id).map_err(invalid)?;
-            Ok(Some(super::mqtt_auth::credentials(auth, &config.client_id)))
+            auth::check_client_id(&config.client_id).map_err(invalid)?;
+            Ok(Some(auth::credentials(auth, &config.client_id)))
         }
         None => Ok(config
             .username

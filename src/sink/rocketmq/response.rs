@@ -1,7 +1,7 @@
 //! What a broker's answer to a send means: delivered, retry, or dead letter.
 
 use super::codec::response_code;
-use crate::config::NotDurablePolicy;
+use super::config::NotDurablePolicy;
 use crate::sink::SinkError;
 
 /// What a broker's answer to a send means for the message.

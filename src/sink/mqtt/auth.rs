@@ -3,7 +3,8 @@
 //! clientId))) and token mode (username `Token|AccessKeyId|InstanceId`,
 //! password `R|token|W|token`).
 
-use crate::config::{MqttAuthConfig, MqttAuthMode, Secret};
+use super::config::{MqttAuthConfig, MqttAuthMode};
+use crate::config::Secret;
 use crate::source::aliyun::SignMethod;
 
 /// The client id the instance requires: `GroupID@@@DeviceID`, at most 64 chars.

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod config;
+
 use super::{record::json_line, Outgoing, Sink, SinkError};
-use crate::config::FileSinkConfig;
+pub use config::FileSinkConfig;
 
 type Pending = (String, oneshot::Sender<Result<(), SinkError>>);
 

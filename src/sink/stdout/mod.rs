@@ -4,7 +4,10 @@ use std::io::Write as _;
 
 use futures_util::future::BoxFuture;
 
+pub mod config;
+
 use super::{record::json_line, Outgoing, Sink, SinkError};
+pub use config::StdoutSinkConfig;
 
 /// Writes each message as one JSON line to stdout.
 pub struct StdoutSink {
