@@ -17,10 +17,12 @@
 //!    the body as shared bytes, the properties as text. The delivery becomes
 //!    a [`envelope::Settlement`], which must be settled exactly once.
 //! 4. [`pipeline`] asks [`dedup`] whether the messageId was delivered
-//!    already, asks the [`route::Router`] which routes match (topic filter
-//!    index, property and JSON predicates), renders each target's
-//!    [`route::Template`]s and, for `order_by` routes, waits its turn in
-//!    [`route::status_order`].
+//!    already, then takes the message's [`route::MessagePlan`] from
+//!    [`route::Router::plan`]: the matching routes (topic filter index,
+//!    property and JSON predicates) and every copy with its
+//!    [`sink::Destination`] rendered from the target's [`route::Template`]s,
+//!    or what the unrouted policy says. For copies of `order_by` routes it
+//!    waits the message's turn in [`route::status_order`].
 //! 5. Each copy goes to its [`sink::Sink`] ([`sink::mqtt`], `sink::kafka`,
 //!    `sink::rocketmq`, [`sink::file`], [`sink::stdout`]); a send resolves
 //!    only when the broker confirmed it. Transient failures retry with

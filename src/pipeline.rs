@@ -1,6 +1,7 @@
-//! Per-message delivery tracking: route, fan out, wait for every target's
-//! confirmation, retry transient failures with backoff while the message keeps
-//! its in-flight slot, and settle at the source only then.
+//! Per-message delivery: take the router's plan for the message, send its
+//! copies in parallel, wait for every broker's confirmation, retry transient
+//! failures with backoff while the message keeps its in-flight slot,
+//! dead-letter permanent ones, and settle at the source only then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use crate::config::RetryConfig;
 use crate::dedup::{Claim, Dedup};
 use crate::envelope::{Disposition, Envelope, Settlement};
 use crate::route::status_order::{Admission, StatusOrder, StatusTicket};
-use crate::route::{Route, Router, TemplateError, Unrouted};
+use crate::route::{MessagePlan, Router, TemplateError};
 use crate::sink::{Destination, Failure, Outgoing, Sink, SinkError};
 use crate::telemetry::metrics::SinkMetrics;
 use crate::telemetry::Metrics;
@@ -286,64 +287,46 @@ impl Pipeline {
     }
 
     async fn process(&self, plan: &Plan, envelope: Arc<Envelope>) -> Disposition {
-        let routes = plan.router.matching(&envelope);
-        if routes.is_empty() {
-            let unrouted = &self.metrics.unrouted;
-            return match plan.router.unrouted {
-                Unrouted::Accept => {
-                    unrouted.accept.inc();
-                    Disposition::Accept
-                }
-                Unrouted::Release => {
-                    unrouted.release.inc();
-                    Disposition::Release
-                }
-                Unrouted::Sink(sink) => {
-                    unrouted.sink.inc();
-                    // An unrouted copy keeps its platform topic, made a name
-                    // its broker accepts (as is on MQTT, `pk.dn.…` on Kafka).
-                    let to = &plan.sinks[sink];
-                    let topic = envelope.topic().map(|t| to.derived_topic(t));
-                    let destination = Ok(Destination::derived(to.kind(), topic, None));
-                    let copy = self
-                        .deliver_or_dead_letter(plan, "unrouted", sink, destination, &envelope)
-                        .await;
-                    Delivery::outcome([copy], plan.undeliverable)
-                }
-            };
-        }
-        for route in &routes {
-            plan.route_matched[route.index].inc();
-        }
+        let unrouted = &self.metrics.unrouted;
+        let message_plan = plan.router.plan(&envelope);
         // Asked once per message, however many `order_by: time` routes match.
         let mut status = None;
         let mut ordered = true;
-        if routes.iter().any(|route| route.order_by_time) {
+        if message_plan.is_status_ordered() {
             match self.admit_status(&envelope).await {
                 Some(ticket) => status = ticket,
                 None => ordered = false,
             }
         }
-        let envelope = &envelope;
-        let sends = routes
-            .iter()
-            .filter(|route| ordered || !route.order_by_time)
-            .flat_map(|route: &&Route| route.targets.iter().map(move |t| (route, t)))
-            .map(|(route, target)| {
-                // The copy's whole destination, rendered before anything is sent.
-                let destination = target.destination.render(envelope);
-                async move {
-                    let outcome = self
-                        .deliver_or_dead_letter(
-                            plan,
-                            &route.name,
-                            target.sink,
-                            destination,
-                            envelope,
-                        )
-                        .await;
-                    (route.order_by_time, outcome)
+        let copies = match message_plan {
+            MessagePlan::Accept => {
+                unrouted.accept.inc();
+                return Disposition::Accept;
+            }
+            MessagePlan::Release => {
+                unrouted.release.inc();
+                return Disposition::Release;
+            }
+            MessagePlan::Unrouted(copy) => {
+                unrouted.sink.inc();
+                vec![copy]
+            }
+            MessagePlan::Routed { routes, copies } => {
+                for route in routes {
+                    plan.route_matched[route].inc();
                 }
+                copies
+            }
+        };
+        let envelope = &envelope;
+        let sends = copies
+            .into_iter()
+            .filter(|copy| ordered || !copy.ordered)
+            .map(|copy| async move {
+                let outcome = self
+                    .deliver_or_dead_letter(plan, copy.route, copy.sink, copy.destination, envelope)
+                    .await;
+                (copy.ordered, outcome)
             });
         let results = join_all(sends).await;
         if let Some(ticket) = status {
@@ -423,7 +406,10 @@ impl Pipeline {
             envelope: envelope.clone(),
             destination: Destination::derived(
                 to.kind(),
-                Some(to.derived_topic(&format!("amqp-bridge/dead-letter/{route}"))),
+                Some(
+                    to.kind()
+                        .derived_topic(&format!("amqp-bridge/dead-letter/{route}")),
+                ),
                 envelope.message_id(),
             ),
             failure: Some(Arc::new(Failure {

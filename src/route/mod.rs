@@ -1,18 +1,22 @@
 //! The routing table, compiled once at start: topic filters and destination
-//! templates are parsed here, never per message.
+//! templates are parsed here, never per message. [`Router::plan`] decides a
+//! message's whole fate (its copies with their destinations rendered, or the
+//! unrouted policy), so the pipeline only delivers.
 
 pub mod filter;
+pub mod plan;
 pub mod status_order;
 pub mod template;
 
 use std::collections::HashMap;
 
 pub use filter::{FilterIndex, TopicFilter};
+pub use plan::{MessagePlan, PlannedCopy};
 pub use template::{Template, TemplateError};
 
 use crate::config::{Predicate, RouteConfig, UnroutedPolicy};
 use crate::envelope::Envelope;
-use crate::sink::{DestinationTemplate, SinkKind};
+use crate::sink::{Destination, DestinationTemplate, SinkKind};
 
 /// A compiled target: which sink and how to fill its destination.
 #[derive(Clone, Debug)]
@@ -70,7 +74,9 @@ pub enum Unrouted {
 pub struct Router {
     routes: Vec<Route>,
     filters: FilterIndex,
-    pub unrouted: Unrouted,
+    unrouted: Unrouted,
+    /// Each sink's kind, by index: how to address an unrouted copy.
+    sink_kinds: Vec<SinkKind>,
 }
 
 /// A route or target that refers to something this build cannot serve.
@@ -139,12 +145,52 @@ impl Router {
             routes: compiled,
             filters,
             unrouted,
+            sink_kinds: sink_kinds.to_vec(),
         })
     }
 
     /// The route names in table order (the `route` label of metrics).
     pub fn route_names(&self) -> Vec<String> {
         self.routes.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// Everything that happens to `envelope`: the copies of every matching
+    /// route with their destinations rendered, or the unrouted policy. An
+    /// unrouted copy keeps its platform topic, made a name its broker
+    /// accepts (as is on MQTT, `pk.dn.…` on Kafka).
+    pub fn plan<'r>(&'r self, envelope: &Envelope) -> MessagePlan<'r> {
+        let routes = self.matching(envelope);
+        if routes.is_empty() {
+            return match self.unrouted {
+                Unrouted::Accept => MessagePlan::Accept,
+                Unrouted::Release => MessagePlan::Release,
+                Unrouted::Sink(sink) => {
+                    let kind = self.sink_kinds[sink];
+                    let topic = envelope.topic().map(|t| kind.derived_topic(t));
+                    MessagePlan::Unrouted(PlannedCopy {
+                        route: "unrouted",
+                        sink,
+                        destination: Ok(Destination::derived(kind, topic, None)),
+                        ordered: false,
+                    })
+                }
+            };
+        }
+        let copies = routes
+            .iter()
+            .flat_map(|route| {
+                route.targets.iter().map(move |target| PlannedCopy {
+                    route: &route.name,
+                    sink: target.sink,
+                    destination: target.destination.render(envelope),
+                    ordered: route.order_by_time,
+                })
+            })
+            .collect();
+        MessagePlan::Routed {
+            routes: routes.iter().map(|route| route.index).collect(),
+            copies,
+        }
     }
 
     /// The routes a message matches, in order, honouring `final`.
@@ -248,5 +294,99 @@ mod tests {
         )
         .is_empty());
         assert!(names(&r, &e(&[], "not json")).is_empty());
+    }
+
+    fn router_with(sinks: &str, routes: &str, unrouted: &str) -> Router {
+        let text = format!(
+            "source: {{ kind: aliyun, url: 'amqps://h:5671', access_key_id: a, access_key_secret: b, \
+             consumer_group_id: c, client_id: d }}\nsinks:\n{sinks}routes:\n{routes}unrouted: {unrouted}\n"
+        );
+        let config = Config::parse(&text, Path::new("t.yaml"), |_| None).unwrap();
+        let index = config
+            .sinks
+            .0
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i))
+            .collect();
+        Router::new(
+            &config.routes,
+            &config.unrouted,
+            &index,
+            &config.sinks.kinds(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_holds_every_copy_with_its_destination_rendered() {
+        let r = router_with(
+            "  k: { kind: kafka, brokers: ['h:9092'] }\n  m: { kind: mqtt, url: 'mqtt://h' }\n",
+            "  - name: status\n    order_by: time\n    match: { topic: '/as/mqtt/status/#' }\n    to: [ { sink: m, topic: 'st/{deviceName}' } ]\n\
+             \x20 - name: all\n    match: { topic: '#' }\n    to: [ { sink: k, topic: iot, key: '{deviceName}' }, { sink: m, topic: 'x/{prop.missing}' } ]\n",
+            "{ sink: k }",
+        );
+        let plan = r.plan(&envelope("/as/mqtt/status/p/d", &[], ""));
+        assert!(plan.is_status_ordered());
+        let MessagePlan::Routed { routes, copies } = plan else {
+            panic!("routed expected, got {plan:?}");
+        };
+        assert_eq!(routes, [0, 1]);
+        let summary: Vec<_> = copies
+            .iter()
+            .map(|c| (c.route, c.sink, c.ordered, c.destination.is_ok()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("status", 1, true, true),
+                ("all", 0, false, true),
+                ("all", 1, false, false)
+            ]
+        );
+        assert_eq!(
+            copies[0].destination.as_ref().unwrap(),
+            &Destination::Mqtt {
+                topic: "st/d".into(),
+                qos: 1,
+                retain: false
+            }
+        );
+        assert_eq!(
+            copies[1].destination.as_ref().unwrap(),
+            &Destination::Kafka {
+                topic: "iot".into(),
+                key: Some("d".into()),
+                all_headers: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_unrouted_copy_keeps_its_topic_as_its_broker_accepts_it() {
+        let r = router_with(
+            "  k: { kind: kafka, brokers: ['h:9092'] }\n",
+            "  - { match: { topic: '/only/this' }, to: [ { sink: k, topic: t } ] }\n",
+            "{ sink: k }",
+        );
+        let plan = r.plan(&envelope("/pk/dn/thing/event/property/post", &[], ""));
+        assert!(!plan.is_status_ordered());
+        let MessagePlan::Unrouted(copy) = plan else {
+            panic!("unrouted expected, got {plan:?}");
+        };
+        assert_eq!((copy.route, copy.sink), ("unrouted", 0));
+        assert_eq!(
+            copy.destination.unwrap().topic(),
+            Some("pk.dn.thing.event.property.post")
+        );
+        let release = router_with(
+            "  k: { kind: kafka, brokers: ['h:9092'] }\n",
+            "  - { match: { topic: '/only/this' }, to: [ { sink: k, topic: t } ] }\n",
+            "release",
+        );
+        assert!(matches!(
+            release.plan(&envelope("/x", &[], "")),
+            MessagePlan::Release
+        ));
     }
 }

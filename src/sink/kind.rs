@@ -80,11 +80,22 @@ impl SinkKind {
             SinkKind::Kafka => topic.literal_parts().find_map(kafka::kafka_chars_problem),
             SinkKind::Mqtt if topic.is_literal() => mqtt::mqtt_topic_problem(topic.as_str()),
             SinkKind::Mqtt => topic.literal_parts().find_map(mqtt::mqtt_chars_problem),
-            #[cfg(feature = "rocketmq")]
             SinkKind::RocketMq if topic.is_literal() => {
-                super::rocketmq::check_topic(topic.as_str()).err()
+                super::rocketmq::topic_names::check_topic(topic.as_str()).err()
             }
             _ => None,
+        }
+    }
+
+    /// A destination this kind's broker accepts, made from a name the bridge
+    /// derived itself (a dead-letter topic, an unrouted message's platform
+    /// topic); configured names are checked, never rewritten.
+    pub fn derived_topic(self, raw: &str) -> String {
+        match self {
+            SinkKind::Mqtt => super::mqtt::topic_names::mqtt_topic(raw),
+            SinkKind::Kafka => super::kafka::topic_names::kafka_topic(raw),
+            SinkKind::RocketMq => super::rocketmq::topic_names::sanitize_topic(raw),
+            SinkKind::File | SinkKind::Stdout | SinkKind::Blackhole => raw.to_string(),
         }
     }
 }

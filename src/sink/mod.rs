@@ -166,12 +166,6 @@ pub trait Sink: Send + Sync {
     fn not_ready_reason(&self) -> Option<String> {
         None
     }
-    /// A destination this broker accepts, made from a name the bridge
-    /// derived itself (a dead-letter topic, an unrouted message's platform
-    /// topic); configured names are checked, never rewritten.
-    fn derived_topic(&self, raw: &str) -> String {
-        raw.to_string()
-    }
     /// Disconnects cleanly.
     fn close(&self) -> BoxFuture<'_, ()>;
 }

@@ -312,10 +312,6 @@ impl Sink for KafkaSink {
         crate::sink::SinkKind::Kafka
     }
 
-    fn derived_topic(&self, raw: &str) -> String {
-        super::topic_names::kafka_topic(raw)
-    }
-
     fn is_ready(&self) -> bool {
         *self.ready.borrow() && self.last_send.ok()
     }

@@ -429,11 +429,6 @@ impl Sink for MqttSink {
         crate::sink::SinkKind::Mqtt
     }
 
-    fn derived_topic(&self, raw: &str) -> String {
-        // A route name may hold a wildcard; a topic to publish to may not.
-        raw.replace(['+', '#', '\0'], "_")
-    }
-
     fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }

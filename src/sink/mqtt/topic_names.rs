@@ -2,6 +2,12 @@
 //! names (a name the broker would refuse is a permanent failure, found
 //! before sending).
 
+/// A topic to publish to from a name the bridge made up: a route name may
+/// hold a wildcard, a topic to publish to may not.
+pub fn mqtt_topic(raw: &str) -> String {
+    raw.replace(['+', '#', '\0'], "_")
+}
+
 /// Why an MQTT broker would refuse this text inside a topic name to publish to.
 pub fn mqtt_chars_problem(text: &str) -> Option<String> {
     text.chars()
@@ -36,5 +42,9 @@ mod tests {
         assert!(mqtt_topic_problem("devices/#").is_some());
         assert!(mqtt_topic_problem("a\0b").is_some());
         assert!(mqtt_topic_problem("").is_some());
+        assert_eq!(
+            mqtt_topic("amqp-bridge/dead-letter/a+b#"),
+            "amqp-bridge/dead-letter/a_b_"
+        );
     }
 }

@@ -217,43 +217,6 @@ pub fn unique_key() -> String {
     format!("{prefix}{:08X}{count:08X}", now as u32)
 }
 
-/// Topic names RocketMQ accepts: `[%|a-zA-Z0-9_-]`, at most 127 characters.
-pub fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("empty RocketMQ topic".into());
-    }
-    if topic.len() > 127 {
-        return Err(format!(
-            "RocketMQ topic `{topic}` is longer than 127 characters"
-        ));
-    }
-    if let Some(bad) = topic
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '_' | '-')))
-    {
-        return Err(format!(
-            "RocketMQ topic `{topic}` contains `{bad}`; only letters, digits, %, |, _ and - are allowed"
-        ));
-    }
-    Ok(())
-}
-
-/// A dead-letter topic built from a route name may hold characters RocketMQ
-/// refuses (`amqp-bridge/dead-letter/r`); they become `_`.
-pub fn sanitize_topic(topic: &str) -> String {
-    topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '%' | '|' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(127)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -360,17 +323,5 @@ mod tests {
     #[test]
     fn unique_keys_differ() {
         assert_ne!(unique_key(), unique_key());
-    }
-
-    #[test]
-    fn topic_names() {
-        assert!(check_topic("iot_all-1").is_ok());
-        assert!(check_topic("MQ_INST_x%iot").is_ok());
-        assert!(check_topic("a/b").is_err());
-        assert!(check_topic("").is_err());
-        assert_eq!(
-            sanitize_topic("amqp-bridge/dead-letter/r1"),
-            "amqp-bridge_dead-letter_r1"
-        );
     }
 }

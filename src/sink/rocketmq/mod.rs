@@ -27,6 +27,7 @@ mod producer;
 mod response;
 #[cfg(feature = "rocketmq")]
 mod route;
+pub mod topic_names;
 #[cfg(feature = "rocketmq")]
 mod topic_routes;
 
@@ -37,13 +38,14 @@ pub use codec::{request_code, response_code, Command};
 #[cfg(feature = "rocketmq")]
 pub use connection::{Connection, Pool, RemotingError};
 #[cfg(feature = "rocketmq")]
-pub use message::{check_topic, encode_properties, property_name, RESERVED_PREFIX};
+pub use message::{encode_properties, property_name, RESERVED_PREFIX};
 #[cfg(feature = "rocketmq")]
 pub use producer::RocketMqSink;
 #[cfg(feature = "rocketmq")]
 pub use response::classify;
 #[cfg(feature = "rocketmq")]
 pub use route::{parse_lenient, MessageQueue, TopicRouteData};
+pub use topic_names::check_topic;
 
 #[cfg(all(feature = "rocketmq", feature = "fuzzing"))]
 /// What a broker's answer means for the message sent (for the fuzz target).

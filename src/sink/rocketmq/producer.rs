@@ -13,10 +13,11 @@ use tokio::sync::watch;
 use super::acl::{sign, AclCredentials};
 use super::codec::response_code;
 use super::connection::{Pool, RemotingError};
-use super::message::{self, check_topic};
+use super::message;
 use super::name_server::NameServers;
 use super::response::classify;
 use super::route::MessageQueue;
+use super::topic_names::{check_topic, sanitize_topic};
 use super::topic_routes::TopicRoutes;
 
 use super::config::{NotDurablePolicy, RocketMqSinkConfig};
@@ -178,7 +179,7 @@ impl Producer {
             ));
         };
         let topic = if message.failure.is_some() {
-            message::sanitize_topic(topic)
+            sanitize_topic(topic)
         } else {
             check_topic(topic).map_err(SinkError::Permanent)?;
             topic.to_string()
@@ -266,10 +267,6 @@ impl Sink for RocketMqSink {
 
     fn kind(&self) -> crate::sink::SinkKind {
         crate::sink::SinkKind::RocketMq
-    }
-
-    fn derived_topic(&self, raw: &str) -> String {
-        message::sanitize_topic(raw)
     }
 
     fn is_ready(&self) -> bool {
