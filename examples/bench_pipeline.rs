@@ -4,7 +4,16 @@
 //! (routing, pipeline, settlement) into a file sink. Both run on one core
 //! (a current-thread runtime) in the same process, one after the other.
 //!
+//! Besides wall time it reports CPU time per message (every thread of the
+//! process, from /proc/self/task/*/schedstat), which other load on the
+//! machine does not inflate the way it does wall time.
+//!
 //!   cargo run --release --example bench_pipeline [N]
+//!
+//! `bench_pipeline N baseline` or `bench_pipeline N bridge` runs one side
+//! only, without warm-up, for an instruction count under
+//! `valgrind --tool=callgrind` (the bridge's instructions per message are
+//! the difference of the two counts over N).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,7 +50,32 @@ fn write_ca(emulator: &Emulator, dir: &Path) -> std::path::PathBuf {
     ca
 }
 
-async fn baseline(n: u64, dir: &Path) -> Duration {
+/// CPU time of every live thread of this process so far.
+fn cpu_time() -> Duration {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
+}
+
+/// Wall and CPU time of one run.
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+}
+
+async fn baseline(n: u64, dir: &Path) -> Run {
     let emulator = emulator(n).await;
     let ca = write_ca(&emulator, dir);
     let secret = Secret::new(SK);
@@ -68,6 +102,7 @@ async fn baseline(n: u64, dir: &Path) -> Duration {
         connect_timeout: Duration::from_secs(10),
     };
     let started = Instant::now();
+    let cpu = cpu_time();
     let mut connection = open(&options).await.unwrap();
     let mut session = Session::begin(&mut connection).await.unwrap();
     let mut receiver = Receiver::builder()
@@ -83,13 +118,16 @@ async fn baseline(n: u64, dir: &Path) -> Duration {
         receiver.accept(&delivery).await.unwrap();
     }
     emulator.all_accepted().await;
-    let elapsed = started.elapsed();
+    let run = Run {
+        wall: started.elapsed(),
+        cpu: cpu_time() - cpu,
+    };
     let _ = connection.close().await;
     emulator.shutdown().await;
-    elapsed
+    run
 }
 
-async fn bridge(n: u64, dir: &Path) -> Duration {
+async fn bridge(n: u64, dir: &Path) -> Run {
     let emulator = emulator(n).await;
     let ca = write_ca(&emulator, dir);
     let out = dir.join("out.jsonl");
@@ -106,12 +144,16 @@ async fn bridge(n: u64, dir: &Path) -> Duration {
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).unwrap();
     let started = Instant::now();
+    let cpu = cpu_time();
     let bridge = Bridge::start(&config).await.unwrap();
     emulator.all_accepted().await;
-    let elapsed = started.elapsed();
+    let run = Run {
+        wall: started.elapsed(),
+        cpu: cpu_time() - cpu,
+    };
     bridge.shutdown().await;
     emulator.shutdown().await;
-    elapsed
+    run
 }
 
 fn main() {
@@ -130,6 +172,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only = std::env::args().nth(2);
+    if let Some(side) = only {
+        runtime.block_on(async {
+            let run = match side.as_str() {
+                "baseline" => baseline(n, dir.path()).await,
+                "bridge" => bridge(n, dir.path()).await,
+                other => panic!("unknown side `{other}`: baseline or bridge"),
+            };
+            println!(
+                "{side}: {n} msgs, CPU {:.1} µs/msg",
+                run.cpu.as_secs_f64() / n as f64 * 1e6
+            );
+        });
+        return;
+    }
     runtime.block_on(async {
         // Warm up both paths once.
         baseline(n / 10, dir.path()).await;
@@ -137,9 +194,11 @@ fn main() {
         let base = baseline(n, dir.path()).await;
         let full = bridge(n, dir.path()).await;
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        println!("baseline (bare receiver, accept at once): {n} msgs in {:.2}s = {:>7.0} msg/s", base.as_secs_f64(), rate(base));
-        println!("bridge (route + pipeline + file sink):    {n} msgs in {:.2}s = {:>7.0} msg/s", full.as_secs_f64(), rate(full));
-        let per_msg_us = (full.as_secs_f64() - base.as_secs_f64()) / n as f64 * 1e6;
-        println!("bridge / baseline time: {:.2}x; the bridge's own cost ≈ {per_msg_us:.1} µs per message on one core", full.as_secs_f64() / base.as_secs_f64());
+        let us = |d: Duration| d.as_secs_f64() / n as f64 * 1e6;
+        println!("baseline (bare receiver, accept at once): {n} msgs in {:.2}s = {:>7.0} msg/s, CPU {:.1} µs/msg", base.wall.as_secs_f64(), rate(base.wall), us(base.cpu));
+        println!("bridge (route + pipeline + file sink):    {n} msgs in {:.2}s = {:>7.0} msg/s, CPU {:.1} µs/msg", full.wall.as_secs_f64(), rate(full.wall), us(full.cpu));
+        let per_msg_us = (full.wall.as_secs_f64() - base.wall.as_secs_f64()) / n as f64 * 1e6;
+        println!("bridge / baseline time: {:.2}x; the bridge's own cost ≈ {per_msg_us:.1} µs per message on one core", full.wall.as_secs_f64() / base.wall.as_secs_f64());
+        println!("the bridge's own CPU ≈ {:.1} µs per message", us(full.cpu.saturating_sub(base.cpu)));
     });
 }
