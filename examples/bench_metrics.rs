@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use amqp_bridge::config::{SinkConfig, StdoutSinkConfig};
 use amqp_bridge::sink::Sink;
 use amqp_bridge::telemetry::{Metrics, SourceOutcome};
 
@@ -18,7 +19,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5_000_000);
-    let sink: Arc<dyn Sink> = Arc::new(amqp_bridge::sink::stdout::StdoutSink::new("out"));
+    let stdout = SinkConfig::Stdout(StdoutSinkConfig {
+        kind: "stdout".into(),
+    });
+    let sink: Arc<dyn Sink> = amqp_bridge::sink::build("out", &stdout).expect("a stdout sink");
     let metrics = Metrics::new(1024, std::slice::from_ref(&sink), &["all".to_string()]);
     let sink_metrics = metrics.sink_metrics(sink.as_ref());
     let route = metrics.route_counters(&["all".to_string()]).remove(0);

@@ -40,6 +40,7 @@ pub struct Dedup {
 
 impl Dedup {
     /// Remembers at most `capacity` ids, each for `ttl`.
+    #[cfg(test)]
     pub fn new(ttl: Duration, capacity: usize) -> Arc<Dedup> {
         Dedup::keyed(ttl, capacity, false)
     }
@@ -118,13 +119,9 @@ impl Dedup {
     }
 
     /// Confirmed ids currently remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().done.len()
-    }
-
-    /// True when no id is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

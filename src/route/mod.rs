@@ -3,10 +3,10 @@
 //! message's whole fate (its copies with their destinations rendered, or the
 //! unrouted policy), so the pipeline only delivers.
 
-pub mod filter;
-pub mod plan;
-pub mod status_order;
-pub mod template;
+pub(crate) mod filter;
+pub(crate) mod plan;
+pub(crate) mod status_order;
+pub(crate) mod template;
 
 use std::collections::HashMap;
 

@@ -137,13 +137,9 @@ impl StatusOrder {
     }
 
     /// Devices remembered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.devices.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// True when no device is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

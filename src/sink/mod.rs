@@ -1,15 +1,15 @@
 //! Egress: one [`Sink`] per configured sink, each resolving a send only when
 //! its broker confirmed it.
 
-pub mod blackhole;
-pub mod destination;
-pub mod file;
-pub mod kafka;
-pub mod kind;
-pub mod mqtt;
-pub mod record;
+pub(crate) mod blackhole;
+pub(crate) mod destination;
+pub(crate) mod file;
+pub(crate) mod kafka;
+pub(crate) mod kind;
+pub(crate) mod mqtt;
+pub(crate) mod record;
 pub mod rocketmq;
-pub mod stdout;
+pub(crate) mod stdout;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 
 pub mod aliyun;
 pub mod connect;
-pub mod link;
-pub mod message;
+pub(crate) mod link;
+pub(crate) mod message;
 mod sasl_external;
-pub mod subscriber;
+pub(crate) mod subscriber;

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -623,11 +622,6 @@ impl Metrics {
     pub fn unrouted(&self) -> u64 {
         self.unrouted.accept.get() + self.unrouted.release.get() + self.unrouted.sink.get()
     }
-}
-
-/// Seconds as the histograms take them.
-pub fn seconds(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64()
 }
 
 impl SinkFamilies {

@@ -2,12 +2,12 @@
 //! and the periodic summary line. The metrics are the one set of counters that
 //! the endpoint, the demo's status line, the summary and the tests all read.
 
-pub mod health;
+pub(crate) mod health;
 pub mod http;
 mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 mod process;
-pub mod summary;
+pub(crate) mod summary;
 
 pub use health::Health;
 pub use logging::{init_logging, LogFormat};

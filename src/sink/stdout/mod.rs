@@ -7,7 +7,6 @@ use futures_util::future::BoxFuture;
 pub mod config;
 
 use super::{record::json_line, Outgoing, Sink, SinkError};
-pub use config::StdoutSinkConfig;
 
 /// Writes each message as one JSON line to stdout.
 pub struct StdoutSink {
