@@ -14,6 +14,9 @@
 //! only, without warm-up, for an instruction count under
 //! `valgrind --tool=callgrind` (the bridge's instructions per message are
 //! the difference of the two counts over N).
+//!
+//! `BENCH_SINK=blackhole` (build with `--features blackhole-sink`) replaces
+//! the file sink with the null sink: the bridge's own cost without a sink's.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -136,11 +139,15 @@ async fn bridge(n: u64, dir: &Path) -> Run {
          access_key_secret: {SK}, consumer_group_id: {GROUP}, client_id: bench-bridge, \
          tls: {{ ca_file: '{ca}' }} }}\n\
          telemetry: {{ listen: '127.0.0.1:0' }}\n\
-         sinks:\n  out: {{ kind: file, path: '{out}' }}\n\
+         sinks:\n  out: {sink}\n\
          routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: out }} ] }}\n",
         port = emulator.local_addr().port(),
         ca = ca.display(),
-        out = out.display(),
+        sink = match std::env::var("BENCH_SINK").as_deref() {
+            // The null sink needs cargo feature `blackhole-sink`.
+            Ok("blackhole") => "{ kind: blackhole }".to_string(),
+            _ => format!("{{ kind: file, path: '{}' }}", out.display()),
+        },
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).unwrap();
     let started = Instant::now();

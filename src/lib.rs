@@ -42,15 +42,17 @@
 //! For a program that embeds the bridge: [`config::Config`] (load, check,
 //! print redacted), [`bridge::Bridge`] (start, reload, drain and shut
 //! down, read its [`telemetry::Metrics`]), [`telemetry::init_logging`] and
-//! [`envelope::Envelope`]; with features, [`emulator`] and [`demo`].
+//! [`envelope::Envelope`]; with features, `emulator` and `demo`.
 //! [`route`], [`sink`], [`source`] and [`tls`] stay public for the
 //! project's own tests and benchmarks, which use their protocol pieces
 //! (platform login signing, the AMQP connector, RocketMQ's remoting codec
 //! to read what arrived, the routing table on its own); they are not a
-//! stable interface. The pipeline, dedup, backoff, the source's link and
-//! message decoding, and the sink kinds' modules (but RocketMQ's protocol)
-//! are private: the links above into them render with
-//! `cargo doc --document-private-items`.
+//! stable interface. Private: the pipeline, dedup, backoff, the source's
+//! subscriber, link and message decoding, the sink kinds' modules (but
+//! RocketMQ's protocol), the router's filter, plan, status order and
+//! template modules (their types are re-exported from [`route`]) and
+//! telemetry's health, metrics and summary modules (likewise). The links
+//! above into them render with `cargo doc --document-private-items`.
 
 // The map above links into private modules on purpose: it is read in the
 // source and with `--document-private-items`.

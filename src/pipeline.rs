@@ -289,6 +289,12 @@ impl Pipeline {
     async fn process(&self, plan: &Plan, envelope: Arc<Envelope>) -> Disposition {
         let unrouted = &self.metrics.unrouted;
         let message_plan = plan.router.plan(&envelope);
+        if let MessagePlan::Routed { routes, .. } = &message_plan {
+            // Counted on arrival, before any wait for the device's status order.
+            for &route in routes {
+                plan.route_matched[route].inc();
+            }
+        }
         // Asked once per message, however many `order_by: time` routes match.
         let mut status = None;
         let mut ordered = true;
@@ -311,12 +317,7 @@ impl Pipeline {
                 unrouted.sink.inc();
                 vec![copy]
             }
-            MessagePlan::Routed { routes, copies } => {
-                for route in routes {
-                    plan.route_matched[route].inc();
-                }
-                copies
-            }
+            MessagePlan::Routed { copies, .. } => copies,
         };
         let envelope = &envelope;
         let sends = copies

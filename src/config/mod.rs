@@ -27,9 +27,10 @@ pub use route::{
     UnroutedPolicy,
 };
 pub use sink::{
-    is_secret_property, ClientProperties, FileSinkConfig, KafkaSinkConfig, MqttAuthConfig,
-    MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl,
-    RocketMqSinkConfig, SinkConfig, Sinks, StdoutSinkConfig,
+    is_secret_property, Acks, BlackholeSinkConfig, ClientProperties, Compression, FileSinkConfig,
+    KafkaSasl, KafkaSaslMechanism, KafkaSinkConfig, MqttAuthConfig, MqttAuthMode, MqttSinkConfig,
+    MqttUrl, MqttVersion, NotDurablePolicy, RocketMqAcl, RocketMqSinkConfig, SinkConfig, Sinks,
+    StdoutSinkConfig,
 };
 pub use source::{
     AmqpUrl, BackoffConfig, CreditRefill, SaslMechanism, SourceConfig, SourceFilter, SourceKind,

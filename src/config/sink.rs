@@ -9,8 +9,11 @@ use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::values::known_sink_kind;
+pub use crate::sink::blackhole::config::BlackholeSinkConfig;
 pub use crate::sink::file::config::FileSinkConfig;
-pub use crate::sink::kafka::config::KafkaSinkConfig;
+pub use crate::sink::kafka::config::{
+    Acks, Compression, KafkaSasl, KafkaSinkConfig, SaslMechanism as KafkaSaslMechanism,
+};
 pub use crate::sink::kafka::properties::{is_secret_property, ClientProperties};
 pub use crate::sink::mqtt::config::{
     MqttAuthConfig, MqttAuthMode, MqttSinkConfig, MqttUrl, MqttVersion,
@@ -28,7 +31,7 @@ pub enum SinkConfig {
     RocketMq(Box<RocketMqSinkConfig>),
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
-    Blackhole(crate::sink::blackhole::config::BlackholeSinkConfig),
+    Blackhole(BlackholeSinkConfig),
 }
 
 impl SinkConfig {

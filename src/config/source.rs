@@ -530,7 +530,7 @@ impl SourceConfig {
     /// What the source adds to each message besides its application
     /// properties: nothing on the platform; AMQP properties, annotations and
     /// a routing topic from a generic broker.
-    pub fn reading(&self) -> Reading {
+    pub(crate) fn reading(&self) -> Reading {
         match self.kind {
             SourceKind::Aliyun => Reading::default(),
             SourceKind::Amqp => Reading {

@@ -66,7 +66,11 @@ impl Route {
 pub enum Unrouted {
     Accept,
     Release,
-    Sink(usize),
+    /// The sink's index and kind (how to address the copy).
+    Sink {
+        sink: usize,
+        kind: SinkKind,
+    },
 }
 
 /// All routes in order.
@@ -75,8 +79,6 @@ pub struct Router {
     routes: Vec<Route>,
     filters: FilterIndex,
     unrouted: Unrouted,
-    /// Each sink's kind, by index: how to address an unrouted copy.
-    sink_kinds: Vec<SinkKind>,
 }
 
 /// A route or target that refers to something this build cannot serve.
@@ -104,12 +106,13 @@ impl Router {
             };
             let mut targets = Vec::with_capacity(route.to.len());
             for target in &route.to {
-                let sink = *sink_index
+                let (sink, kind) = sink_index
                     .get(&target.sink.0)
+                    .and_then(|&sink| Some((sink, *sink_kinds.get(sink)?)))
                     .ok_or_else(|| invalid(format!("no sink `{}`", target.sink)))?;
                 targets.push(Target {
                     sink,
-                    destination: DestinationTemplate::of(sink_kinds[sink], target),
+                    destination: DestinationTemplate::of(kind, target),
                 });
             }
             compiled.push(Route {
@@ -131,10 +134,14 @@ impl Router {
             UnroutedPolicy::Accept => Unrouted::Accept,
             UnroutedPolicy::Release => Unrouted::Release,
             UnroutedPolicy::Sink(name) => {
-                Unrouted::Sink(*sink_index.get(&name.0).ok_or_else(|| RouteError::Invalid {
-                    route: "unrouted".into(),
-                    message: format!("no sink `{name}`"),
-                })?)
+                let (sink, kind) = sink_index
+                    .get(&name.0)
+                    .and_then(|&sink| Some((sink, *sink_kinds.get(sink)?)))
+                    .ok_or_else(|| RouteError::Invalid {
+                        route: "unrouted".into(),
+                        message: format!("no sink `{name}`"),
+                    })?;
+                Unrouted::Sink { sink, kind }
             }
         };
         let mut filters = FilterIndex::default();
@@ -145,7 +152,6 @@ impl Router {
             routes: compiled,
             filters,
             unrouted,
-            sink_kinds: sink_kinds.to_vec(),
         })
     }
 
@@ -164,8 +170,7 @@ impl Router {
             return match self.unrouted {
                 Unrouted::Accept => MessagePlan::Accept,
                 Unrouted::Release => MessagePlan::Release,
-                Unrouted::Sink(sink) => {
-                    let kind = self.sink_kinds[sink];
+                Unrouted::Sink { sink, kind } => {
                     let topic = envelope.topic().map(|t| kind.derived_topic(t));
                     MessagePlan::Unrouted(PlannedCopy {
                         route: "unrouted",
@@ -388,5 +393,13 @@ mod tests {
             release.plan(&envelope("/x", &[], "")),
             MessagePlan::Release
         ));
+    }
+
+    #[test]
+    fn a_sink_index_without_a_kind_is_refused_not_a_panic_later() {
+        use crate::config::{SinkName, UnroutedPolicy};
+        let index = HashMap::from([("k".to_string(), 0)]);
+        let unrouted = UnroutedPolicy::Sink(SinkName("k".into()));
+        assert!(Router::new(&[], &unrouted, &index, &[]).is_err());
     }
 }

@@ -9,6 +9,6 @@ pub(crate) mod metrics;
 mod process;
 pub(crate) mod summary;
 
-pub use health::Health;
+pub use health::{Health, Readiness};
 pub use logging::{init_logging, LogFormat};
-pub use metrics::{ConnectionMetrics, Metrics, SinkMetrics, SourceOutcome};
+pub use metrics::{ConnectionMetrics, Metrics, SinkMetrics, SourceOutcome, UnroutedMetrics};

@@ -1,6 +1,7 @@
 //! MQTT topic names to publish to: a check for configured and rendered
 //! names (a name the broker would refuse is a permanent failure, found
-//! before sending).
+//! before sending), and the clean-up for names the bridge derives itself
+//! (dead-letter topics from route names, which may hold a wildcard).
 
 /// A topic to publish to from a name the bridge made up: a route name may
 /// hold a wildcard, a topic to publish to may not.

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::codec::{Command, MAX_FRAME};
+use super::lock;
 
 /// Why a request got no response.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -203,10 +204,6 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         lock(self.pending).remove(&self.opaque);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn write_frames(

@@ -47,6 +47,13 @@ pub use response::classify;
 pub use route::{parse_lenient, MessageQueue, TopicRouteData};
 pub use topic_names::check_topic;
 
+/// A poisoned lock still holds consistent maps here (no invariant spans an
+/// unwind), so it is used as is.
+#[cfg(feature = "rocketmq")]
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(all(feature = "rocketmq", feature = "fuzzing"))]
 /// What a broker's answer means for the message sent (for the fuzz target).
 pub(crate) fn classify_response(

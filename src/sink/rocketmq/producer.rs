@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::acl::{sign, AclCredentials};
 use super::codec::response_code;
 use super::connection::{Pool, RemotingError};
+use super::lock;
 use super::message;
 use super::name_server::NameServers;
 use super::response::classify;
@@ -50,12 +51,6 @@ struct Producer {
     window: tokio::sync::Semaphore,
     next_queue: AtomicUsize,
     unhealthy: Mutex<HashMap<String, Instant>>,
-}
-
-/// A poisoned lock still holds consistent maps here (no invariant spans an
-/// unwind), so it is used as is.
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RocketMqSink {

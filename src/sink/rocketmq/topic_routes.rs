@@ -6,9 +6,9 @@ use hashlink::LruCache;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::lock;
 use super::message;
 use super::name_server::{NameServers, RouteAnswer};
-use super::producer::lock;
 use super::route::MessageQueue;
 use crate::sink::SinkError;
 
