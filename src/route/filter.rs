@@ -117,24 +117,30 @@ impl FilterIndex {
     /// The indices of every route whose filter matches `topic`, ascending.
     pub fn matches(&self, topic: &str, out: &mut Vec<usize>) {
         out.clear();
-        let levels: Vec<&str> = topic.split('/').collect();
-        collect(&self.root, &levels, out);
-        out.sort_unstable();
-        out.dedup();
+        collect(&self.root, topic.split('/'), out);
+        if out.len() > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
     }
 }
 
-fn collect(node: &Node, levels: &[&str], out: &mut Vec<usize>) {
+/// Walks the topic's levels lazily: a branch that ends in `#` only (the
+/// catch-all route) never splits the rest of the topic.
+fn collect(node: &Node, mut levels: std::str::Split<'_, char>, out: &mut Vec<usize>) {
     out.extend_from_slice(&node.rest);
-    let Some((first, rest)) = levels.split_first() else {
+    if node.exact.is_empty() && node.plus.is_none() && node.end.is_empty() {
+        return;
+    }
+    let Some(first) = levels.next() else {
         out.extend_from_slice(&node.end);
         return;
     };
-    if let Some(child) = node.exact.get(*first) {
-        collect(child, rest, out);
+    if let Some(child) = node.exact.get(first) {
+        collect(child, levels.clone(), out);
     }
     if let Some(plus) = &node.plus {
-        collect(plus, rest, out);
+        collect(plus, levels, out);
     }
 }
 
