@@ -104,6 +104,11 @@ async fn receive(
     // Permits backing the credit granted and not yet used by a delivery.
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut stopping = ctx.intake_stop.is_cancelled();
+    // Made once, not once per turn of the loop: each turn would otherwise
+    // register and drop two waiters on the tokens (two turns per message).
+    let closed = ctx.close.cancelled();
+    let intake_stopped = ctx.intake_stop.cancelled();
+    tokio::pin!(closed, intake_stopped);
     loop {
         let granted = held.as_ref().map_or(0, |p| p.num_permits()) as u32;
         let refill_below = match ctx.refill {
@@ -137,8 +142,8 @@ async fn receive(
                 }
                 count_outcome(counters, outcome, result);
             }
-            _ = ctx.close.cancelled() => return LinkEnd::Closed,
-            _ = ctx.intake_stop.cancelled(), if !stopping => {
+            _ = &mut closed => return LinkEnd::Closed,
+            _ = &mut intake_stopped, if !stopping => {
                 // Grant nothing more. Credit already granted is left alone (setting
                 // it to 0 would make transfers on the wire a protocol error and
                 // kill the link before in-flight messages are settled); whatever
