@@ -37,6 +37,18 @@ pub async fn emulator(tune: impl FnOnce(&mut EmulatorConfig)) -> Emulator {
     Emulator::start(config).await.expect("emulator starts")
 }
 
+/// Writes `path` by renaming a finished file over it: several bridge
+/// processes share one `ca.pem`, and one starting while the next one's
+/// config is written must never read it half written (`fs::write`
+/// truncates first; seen once as "no certificate in file").
+pub fn write_replacing(path: &std::path::Path, contents: &[u8]) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = path.with_extension(format!("staging-{}-{n}", std::process::id()));
+    std::fs::write(&staging, contents).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
 /// A rustls client config trusting the emulator's generated CA.
 pub fn trust(emulator: &Emulator) -> Arc<rustls::ClientConfig> {
     let dir = tempfile::tempdir().unwrap();
@@ -111,7 +123,7 @@ pub fn source_yaml(
     extra: &str,
 ) -> String {
     let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().expect("generated CA")).unwrap();
+    write_replacing(&ca, emulator.ca_pem().expect("generated CA").as_bytes());
     format!(
         "source:\n  kind: aliyun\n  url: amqps://localhost:{port}\n  access_key_id: {AK}\n  \
          access_key_secret: {SK}\n  consumer_group_id: {GROUP}\n  client_id: {client_id}\n  \
