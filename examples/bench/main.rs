@@ -1,0 +1,267 @@
+//! The side-by-side benchmark behind `scripts/bench.sh` (issue 17): each row
+//! puts the whole bridge next to a baseline measured in the same run, on the
+//! same brokers, with the same payloads, and prints one markdown table.
+//!
+//! - null sink: emulator → bridge → `kind: blackhole`, against a bare fe2o3
+//!   receiver that accepts on arrival (`null_sink.rs`);
+//! - MQTT QoS 1: emulator → bridge → Mosquitto, against a direct rumqttc
+//!   producer with the sink's in-flight window, both counted by the same
+//!   kind of independent subscriber (`mqtt.rs`);
+//! - Kafka: emulator → bridge → tansu, against a direct rdkafka producer
+//!   with the sink's own librdkafka settings (`kafka.rs`);
+//! - latency at 1 000 and 10 000 msg/s offered, MQTT, bridge against the
+//!   direct producer (`latency.rs`).
+//!
+//! The brokers are started by the script; rows whose broker is not given
+//! are left out. Each row runs a warm-up of N/10 on both sides first. Exit
+//! code 1 when any run delivered fewer messages than it should have.
+//!
+//!   cargo run --release --example bench --features blackhole-sink -- \
+//!       [N] [--mqtt PORT] [--kafka HOST:PORT] [--latency-seconds S] \
+//!       [--mqtt-window W] [--pid NAME=PID]... [--current-thread]
+
+#[path = "../bench_common/mod.rs"]
+mod bench_common;
+mod cpu;
+mod kafka;
+mod latency;
+mod mqtt;
+mod null_sink;
+mod subscriber;
+
+use std::path::Path;
+use std::time::Duration;
+
+/// One side of a row: how many messages arrived where they were counted,
+/// and in what time.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub delivered: u64,
+    pub elapsed: Duration,
+    /// CPU time of each watched process during the run ([`cpu::names`]).
+    pub cpu: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// A measured row.
+pub struct Row {
+    pub name: String,
+    pub n: u64,
+    pub baseline: Run,
+    pub bridge: Run,
+}
+
+/// Everything a run fell short by, reported at the end (and the exit code).
+#[derive(Default)]
+pub struct Shortfalls(pub Vec<String>);
+
+impl Shortfalls {
+    /// Notes a run that delivered fewer than `n` messages.
+    pub fn check(&mut self, what: &str, run: &Run, n: u64) {
+        if run.delivered < n {
+            let line = format!("{what}: {} of {n} delivered", run.delivered);
+            eprintln!("bench: SHORT {line}");
+            self.0.push(line);
+        }
+    }
+}
+
+/// The offered rates of the latency rows, msg/s.
+const LATENCY_RATES: [u32; 2] = [1_000, 10_000];
+
+/// How long one run may take before it counts as stalled: a minute plus
+/// 2 ms per message (500 msg/s).
+pub fn limit(n: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(2 * n)
+}
+
+struct Args {
+    n: u64,
+    mqtt_port: Option<u16>,
+    kafka: Option<String>,
+    current_thread: bool,
+    /// Processes whose CPU time the CPU table shows (`--pid NAME=PID`).
+    watched: cpu::Watched,
+    /// Seconds of traffic per offered rate in the latency rows (needs
+    /// `--mqtt`; 0: no latency rows).
+    latency_seconds: f64,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        n: 50_000,
+        mqtt_port: None,
+        kafka: None,
+        current_thread: false,
+        watched: cpu::Watched::default(),
+        latency_seconds: 0.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--mqtt" => {
+                let port = it.next().and_then(|p| p.parse().ok());
+                args.mqtt_port = Some(port.expect("--mqtt PORT"));
+            }
+            "--kafka" => args.kafka = Some(it.next().expect("--kafka HOST:PORT")),
+            "--current-thread" => args.current_thread = true,
+            "--mqtt-window" => {
+                let window = it.next().and_then(|w| w.parse().ok());
+                mqtt::set_window(window.expect("--mqtt-window 1..65535"));
+            }
+            "--latency-seconds" => {
+                let seconds = it.next().and_then(|s| s.parse().ok());
+                args.latency_seconds = seconds.expect("--latency-seconds SECONDS");
+            }
+            "--pid" => {
+                let spec = it.next().expect("--pid NAME=PID");
+                let (name, pid) = spec.split_once('=').expect("--pid NAME=PID");
+                args.watched.0.push((name.to_string(), pid.to_string()));
+            }
+            n => {
+                args.n = n
+                    .parse()
+                    .expect("usage: bench [N] [--mqtt PORT] [--kafka HOST:PORT]")
+            }
+        }
+    }
+    args
+}
+
+/// `12345.6` → `12 346`.
+pub fn grouped(value: f64) -> String {
+    let digits = format!("{:.0}", value);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_table(rows: &[Row], runtime: &str) {
+    println!("| row | N | baseline | bridge | bridge/baseline |");
+    println!("|---|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} msg/s | {} msg/s | {:.2}× |",
+            row.name,
+            grouped(row.n as f64),
+            grouped(row.baseline.rate()),
+            grouped(row.bridge.rate()),
+            row.bridge.rate() / row.baseline.rate(),
+        );
+    }
+    println!();
+    println!("Runtime: {runtime}; each side after a warm-up of N/10.");
+    println!();
+    let names = cpu::names();
+    println!(
+        "CPU during the measured runs (every thread, /proc/PID/task/*/schedstat; \
+         % of one core over the run's time; the bench process holds the emulator, \
+         the bridge or baseline and the MQTT subscriber):"
+    );
+    println!();
+    let header: Vec<String> = names.iter().map(|n| format!("{n} %")).collect();
+    println!(
+        "| row | side | time | {} | bench process µs/msg |",
+        header.join(" | ")
+    );
+    println!("|---|---|---|{}---|", "---|".repeat(names.len()));
+    for row in rows {
+        for (side, run) in [("baseline", &row.baseline), ("bridge", &row.bridge)] {
+            let seconds = run.elapsed.as_secs_f64();
+            let shares: Vec<String> = run
+                .cpu
+                .iter()
+                .map(|c| format!("{:.0}", c.as_secs_f64() / seconds * 100.0))
+                .collect();
+            let per_message = run
+                .cpu
+                .first()
+                .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6 / row.n as f64))
+                .unwrap_or_default();
+            println!(
+                "| {} | {side} | {seconds:.2} s | {} | {per_message} |",
+                row.name.split(" (").next().unwrap_or(&row.name),
+                shares.join(" | "),
+            );
+        }
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = args();
+    cpu::watch(args.watched.clone());
+    let (runtime, description) = if args.current_thread {
+        (
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            "tokio current-thread (bench process's async work on one thread; \
+             MQTT subscriber on its own thread)",
+        )
+    } else {
+        (
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            "tokio multi-thread, 2 workers (emulator, bridge or baseline producer \
+             share them; MQTT subscriber on its own thread)",
+        )
+    };
+    let runtime = runtime.expect("tokio runtime");
+    // A RAM disk for the CA file and anything else written.
+    let base_dir = Path::new("/dev/shm");
+    let dir = if base_dir.is_dir() {
+        tempfile::tempdir_in(base_dir)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temporary directory");
+    let n = args.n;
+    let mut short = Shortfalls::default();
+    let (rows, latency_rows) = runtime.block_on(async {
+        let mut rows = Vec::new();
+        rows.push(null_sink::row(n, dir.path(), &mut short).await);
+        if let Some(port) = args.mqtt_port {
+            rows.push(mqtt::row(n, port, dir.path(), &mut short).await);
+        }
+        if let Some(brokers) = &args.kafka {
+            rows.push(kafka::row(n, brokers, dir.path(), &mut short).await);
+        }
+        let mut latency_rows = Vec::new();
+        if let Some(port) = args.mqtt_port.filter(|_| args.latency_seconds > 0.0) {
+            for rate in LATENCY_RATES {
+                let n = ((rate as f64 * args.latency_seconds) as u64).max(10);
+                latency_rows.push(latency::row(rate, n, port, dir.path(), &mut short).await);
+            }
+        }
+        (rows, latency_rows)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    print_table(&rows, description);
+    latency::print_table(&latency_rows);
+    if !short.0.is_empty() {
+        println!();
+        for line in &short.0 {
+            println!("SHORT: {line}");
+        }
+        std::process::exit(1);
+    }
+}
