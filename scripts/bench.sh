@@ -3,9 +3,13 @@
 # loopback ports, runs examples/bench (release build) and prints markdown
 # tables — null sink, MQTT QoS 1 and Kafka, each row with its baseline
 # measured in the same run; the CPU each process used; MQTT latency at
-# 1 000 and 10 000 msg/s offered (5 s each) — then stops the brokers.
+# 1 000 and 10 000 msg/s offered (5 s each); the bridge's memory as its own
+# process, steady and with 10 000 messages held by a frozen Mosquitto —
+# then stops the brokers.
 #
 #   scripts/bench.sh [N]       N messages per measured run (default 50000)
+#   scripts/bench.sh --scaling adds CPU per message at N = 1 000 … 1 000 000
+#                              (null sink; about a minute more)
 #   scripts/bench.sh --smoke   N = 200, dev build: must complete with every
 #                              message counted (exit 1 otherwise); no time is
 #                              asserted. scripts/test.sh runs it.
@@ -19,9 +23,12 @@ cd "$(dirname "$0")/.."
 smoke=0
 n=50000
 latency_seconds=5
+in_flight=10000
+scaling=()
 for arg in "$@"; do
   case "$arg" in
-    --smoke) smoke=1; n=200; latency_seconds=0.2 ;;
+    --smoke) smoke=1; n=200; latency_seconds=0.2; in_flight=200 ;;
+    --scaling) scaling=(--scaling 1000,10000,100000,1000000) ;;
     *) n="$arg" ;;
   esac
 done
@@ -30,11 +37,13 @@ target="${CARGO_TARGET_DIR:-target}"
 if [ "$smoke" = 1 ]; then
   # The dev profile with the test suite's features: scripts/test.sh has
   # built all of it already, so only the example is compiled.
-  cargo build --quiet --example bench --all-features
+  cargo build --quiet --example bench --bin amqp-bridge --all-features
   bin="$target/debug/examples/bench"
+  bridge="$target/debug/amqp-bridge"
 else
-  cargo build --quiet --release --example bench --features blackhole-sink
+  cargo build --quiet --release --example bench --bin amqp-bridge --features blackhole-sink
   bin="$target/release/examples/bench"
+  bridge="$target/release/amqp-bridge"
 fi
 
 work=$(mktemp -d)
@@ -91,6 +100,7 @@ done
 
 # BENCH_ARGS: more flags for examples/bench, e.g. "--mqtt-window 1000".
 "$bin" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
+  --memory "$bridge" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${BENCH_ARGS:-}
 
 if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then

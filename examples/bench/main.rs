@@ -10,7 +10,11 @@
 //! - Kafka: emulator → bridge → tansu, against a direct rdkafka producer
 //!   with the sink's own librdkafka settings (`kafka.rs`);
 //! - latency at 1 000 and 10 000 msg/s offered, MQTT, bridge against the
-//!   direct producer (`latency.rs`).
+//!   direct producer (`latency.rs`);
+//! - memory: the bridge as its own process, steady and with the sink
+//!   stalled (`memory.rs`);
+//! - scaling: CPU per message from 1 000 to 1 000 000 messages, null sink
+//!   (`scaling.rs`, on request).
 //!
 //! The brokers are started by the script; rows whose broker is not given
 //! are left out. Each row runs a warm-up of N/10 on both sides first. Exit
@@ -18,15 +22,18 @@
 //!
 //!   cargo run --release --example bench --features blackhole-sink -- \
 //!       [N] [--mqtt PORT] [--kafka HOST:PORT] [--latency-seconds S] \
-//!       [--mqtt-window W] [--pid NAME=PID]... [--current-thread]
+//!       [--mqtt-window W] [--memory BRIDGE_BIN IN_FLIGHT] [--scaling N,N,...] \
+//!       [--pid NAME=PID]... [--current-thread]
 
 #[path = "../bench_common/mod.rs"]
 mod bench_common;
 mod cpu;
 mod kafka;
 mod latency;
+mod memory;
 mod mqtt;
 mod null_sink;
+mod scaling;
 mod subscriber;
 
 use std::path::Path;
@@ -90,6 +97,11 @@ struct Args {
     /// Seconds of traffic per offered rate in the latency rows (needs
     /// `--mqtt`; 0: no latency rows).
     latency_seconds: f64,
+    /// The bridge binary for the memory figures (`--memory BIN IN_FLIGHT`,
+    /// needs `--mqtt` and `--pid mosquitto=PID`).
+    memory: Option<(std::path::PathBuf, u64)>,
+    /// N of the scaling table (`--scaling N,N,...`).
+    scaling: Vec<u64>,
 }
 
 fn args() -> Args {
@@ -100,6 +112,8 @@ fn args() -> Args {
         current_thread: false,
         watched: cpu::Watched::default(),
         latency_seconds: 0.0,
+        memory: None,
+        scaling: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -117,6 +131,18 @@ fn args() -> Args {
             "--latency-seconds" => {
                 let seconds = it.next().and_then(|s| s.parse().ok());
                 args.latency_seconds = seconds.expect("--latency-seconds SECONDS");
+            }
+            "--memory" => {
+                let bin = it.next().expect("--memory BRIDGE_BINARY IN_FLIGHT");
+                let in_flight = it.next().and_then(|n| n.parse().ok());
+                args.memory = Some((bin.into(), in_flight.expect("--memory BIN IN_FLIGHT")));
+            }
+            "--scaling" => {
+                let sizes = it.next().expect("--scaling N,N,...");
+                args.scaling = sizes
+                    .split(',')
+                    .map(|n| n.parse().expect("--scaling N,N,..."))
+                    .collect();
             }
             "--pid" => {
                 let spec = it.next().expect("--pid NAME=PID");
@@ -236,7 +262,7 @@ fn main() {
     .expect("temporary directory");
     let n = args.n;
     let mut short = Shortfalls::default();
-    let (rows, latency_rows) = runtime.block_on(async {
+    let (rows, latency_rows, memory, scaling) = runtime.block_on(async {
         let mut rows = Vec::new();
         rows.push(null_sink::row(n, dir.path(), &mut short).await);
         if let Some(port) = args.mqtt_port {
@@ -252,11 +278,29 @@ fn main() {
                 latency_rows.push(latency::row(rate, n, port, dir.path(), &mut short).await);
             }
         }
-        (rows, latency_rows)
+        let mosquitto = args
+            .watched
+            .0
+            .iter()
+            .find(|(name, _)| name == "mosquitto")
+            .map(|(_, pid)| pid.clone());
+        let memory = match (&args.memory, args.mqtt_port, mosquitto) {
+            (Some((bin, in_flight)), Some(port), Some(pid)) => {
+                Some(memory::measure(bin, port, &pid, *in_flight, dir.path(), &mut short).await)
+            }
+            (Some(_), _, _) => panic!("--memory needs --mqtt PORT and --pid mosquitto=PID"),
+            _ => None,
+        };
+        let scaling = scaling::measure(&args.scaling, dir.path(), &mut short).await;
+        (rows, latency_rows, memory, scaling)
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     print_table(&rows, description);
     latency::print_table(&latency_rows);
+    if let Some(memory) = &memory {
+        memory::print_table(memory);
+    }
+    scaling::print_table(&scaling);
     if !short.0.is_empty() {
         println!();
         for line in &short.0 {

@@ -13,7 +13,7 @@ use amqp_bridge::config::Config;
 use crate::bench_common::{bare_receiver, emulator, source_yaml, write_ca};
 use crate::{cpu, limit, Row, Run, Shortfalls};
 
-async fn baseline(n: u64, dir: &Path) -> Run {
+pub async fn baseline(n: u64, dir: &Path) -> Run {
     let mut samples = Vec::new();
     let done = bare_receiver(n, dir, limit(n), || samples.push(cpu::sample())).await;
     let cpu = match samples.as_slice() {
@@ -34,7 +34,7 @@ async fn baseline(n: u64, dir: &Path) -> Run {
     }
 }
 
-async fn bridge(n: u64, dir: &Path) -> Run {
+pub async fn bridge(n: u64, dir: &Path) -> Run {
     let emulator = emulator(n, 0).await;
     let ca = write_ca(&emulator, dir);
     let text = format!(
