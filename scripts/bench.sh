@@ -14,8 +14,9 @@
 #                              message counted (exit 1 otherwise); no time is
 #                              asserted. scripts/test.sh runs it.
 #
-# BENCH_ROCKETMQ=1 adds scripts/bench-rocketmq.sh's comparison afterwards
-# (its broker takes a while to start). Brokers come from
+# BENCH_ROCKETMQ=1 adds scripts/bench-rocketmq.sh's comparison afterwards as
+# one more row (its own broker, a debug build, about 800 msg/s; N =
+# BENCH_ROCKETMQ_N, default 20000). Brokers come from
 # scripts/install-test-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,10 +105,18 @@ done
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${BENCH_ARGS:-}
 
 if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then
-  echo
-  echo "RocketMQ (scripts/bench-rocketmq.sh $n):"
-  ./scripts/bench-rocketmq.sh "$n"
+  # The same table's row from scripts/bench-rocketmq.sh (its own broker).
+  rmq_n="${BENCH_ROCKETMQ_N:-20000}"
+  ./scripts/bench-rocketmq.sh "$rmq_n" >"$work/rocketmq.out"
+  awk -v n="$rmq_n" '
+    /^baseline/ { for (i = 1; i <= NF; i++) if ($i == "=") base = $(i + 1) }
+    /^bridge \(/ { for (i = 1; i <= NF; i++) if ($i == "=") full = $(i + 1) }
+    END {
+      if (base == "" || full == "") { print "bench: no RocketMQ figures" > "/dev/stderr"; exit 1 }
+      printf "\n| row | N | baseline | bridge | bridge/baseline |\n|---|---|---|---|---|\n"
+      printf "| RocketMQ → rocketmq-rust (debug build), window 128 (baseline: the RocketMQ sink alone) | %d | %d msg/s | %d msg/s | %.2f× |\n", n, base, full, full / base
+    }' "$work/rocketmq.out"
 else
   echo
-  echo "RocketMQ: BENCH_ROCKETMQ=1 scripts/bench.sh, or scripts/bench-rocketmq.sh [N] alone."
+  echo "RocketMQ: BENCH_ROCKETMQ=1 scripts/bench.sh adds its row (scripts/bench-rocketmq.sh, N = 20 000)."
 fi
