@@ -22,7 +22,8 @@
 //!
 //!   cargo run --release --example bench --features blackhole-sink -- \
 //!       [N] [--mqtt PORT] [--kafka HOST:PORT] [--latency-seconds S] \
-//!       [--mqtt-window W] [--memory BRIDGE_BIN IN_FLIGHT] [--scaling N,N,...] \
+//!       [--mqtt-window W] [--credit C] [--rows null,mqtt,kafka,latency] \
+//!       [--memory BRIDGE_BIN IN_FLIGHT] [--scaling N,N,...] \
 //!       [--pid NAME=PID]... [--current-thread]
 
 #[path = "../bench_common/mod.rs"]
@@ -102,6 +103,8 @@ struct Args {
     memory: Option<(std::path::PathBuf, u64)>,
     /// N of the scaling table (`--scaling N,N,...`).
     scaling: Vec<u64>,
+    /// Which of null, mqtt, kafka, latency to run (`--rows`; default all).
+    rows: Vec<String>,
 }
 
 fn args() -> Args {
@@ -114,6 +117,9 @@ fn args() -> Args {
         latency_seconds: 0.0,
         memory: None,
         scaling: Vec::new(),
+        rows: ["null", "mqtt", "kafka", "latency"]
+            .map(String::from)
+            .to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -143,6 +149,15 @@ fn args() -> Args {
                     .split(',')
                     .map(|n| n.parse().expect("--scaling N,N,..."))
                     .collect();
+            }
+            "--credit" => {
+                let credit = it.next().and_then(|c| c.parse().ok());
+                let credit = credit.expect("--credit 1..10000");
+                bench_common::CREDIT.store(credit, std::sync::atomic::Ordering::Relaxed);
+            }
+            "--rows" => {
+                let rows = it.next().expect("--rows null,mqtt,kafka,latency");
+                args.rows = rows.split(',').map(str::to_string).collect();
             }
             "--pid" => {
                 let spec = it.next().expect("--pid NAME=PID");
@@ -186,7 +201,10 @@ fn print_table(rows: &[Row], runtime: &str) {
         );
     }
     println!();
-    println!("Runtime: {runtime}; each side after a warm-up of N/10.");
+    println!(
+        "Runtime: {runtime}; source credit {}; each side after a warm-up of N/10.",
+        bench_common::CREDIT.load(std::sync::atomic::Ordering::Relaxed)
+    );
     println!();
     let names = cpu::names();
     println!(
@@ -263,16 +281,20 @@ fn main() {
     let n = args.n;
     let mut short = Shortfalls::default();
     let (rows, latency_rows, memory, scaling) = runtime.block_on(async {
+        let wanted = |row: &str| args.rows.iter().any(|r| r == row);
         let mut rows = Vec::new();
-        rows.push(null_sink::row(n, dir.path(), &mut short).await);
-        if let Some(port) = args.mqtt_port {
+        if wanted("null") {
+            rows.push(null_sink::row(n, dir.path(), &mut short).await);
+        }
+        if let Some(port) = args.mqtt_port.filter(|_| wanted("mqtt")) {
             rows.push(mqtt::row(n, port, dir.path(), &mut short).await);
         }
-        if let Some(brokers) = &args.kafka {
+        if let Some(brokers) = args.kafka.as_ref().filter(|_| wanted("kafka")) {
             rows.push(kafka::row(n, brokers, dir.path(), &mut short).await);
         }
         let mut latency_rows = Vec::new();
-        if let Some(port) = args.mqtt_port.filter(|_| args.latency_seconds > 0.0) {
+        let latency = args.latency_seconds > 0.0 && wanted("latency");
+        if let Some(port) = args.mqtt_port.filter(|_| latency) {
             for rate in LATENCY_RATES {
                 let n = ((rate as f64 * args.latency_seconds) as u64).max(10);
                 latency_rows.push(latency::row(rate, n, port, dir.path(), &mut short).await);
@@ -284,7 +306,9 @@ fn main() {
             .iter()
             .find(|(name, _)| name == "mosquitto")
             .map(|(_, pid)| pid.clone());
-        let memory = match (&args.memory, args.mqtt_port, mosquitto) {
+        // `--memory BIN 0` leaves it out.
+        let memory_run = args.memory.as_ref().filter(|(_, in_flight)| *in_flight > 0);
+        let memory = match (memory_run, args.mqtt_port, mosquitto) {
             (Some((bin, in_flight)), Some(port), Some(pid)) => {
                 Some(memory::measure(bin, port, &pid, *in_flight, dir.path(), &mut short).await)
             }

@@ -17,6 +17,14 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Receiver, Session};
 
+/// Link credit on both sides: the bridge's `source.credit` and the bare
+/// receiver's auto-refilled credit (64, the bridge's default, unless set).
+pub static CREDIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(64);
+
+fn credit() -> u32 {
+    CREDIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub const AK: &str = "bench-ak";
 pub const SK: &str = "bench-secret";
 pub const GROUP: &str = "BENCH";
@@ -44,19 +52,20 @@ pub fn write_ca(emulator: &Emulator, dir: &Path) -> PathBuf {
 }
 
 /// The `source:` and `telemetry:` blocks of a bridge reading from `emulator`
-/// (no periodic summary line).
+/// with [`CREDIT`] (no periodic summary line).
 pub fn source_yaml(emulator: &Emulator, ca: &Path, client_id: &str) -> String {
     format!(
         "source: {{ kind: aliyun, url: 'amqps://localhost:{port}', access_key_id: {AK}, \
          access_key_secret: {SK}, consumer_group_id: {GROUP}, client_id: {client_id}, \
-         tls: {{ ca_file: '{ca}' }} }}\n\
+         credit: {credit}, tls: {{ ca_file: '{ca}' }} }}\n\
          telemetry: {{ listen: '127.0.0.1:0', summary_interval: 0s }}\n",
         port = emulator.local_addr().port(),
         ca = ca.display(),
+        credit = credit(),
     )
 }
 
-/// The baseline: a bare fe2o3 receiver (credit 64, refilled automatically)
+/// The baseline: a bare fe2o3 receiver ([`CREDIT`], refilled automatically)
 /// that accepts every message on arrival, from a fresh emulator of `n`
 /// messages. Returns the time from before the connect until the emulator
 /// saw all `n` accepted, or `None` if that took longer than `limit`.
@@ -99,7 +108,7 @@ pub async fn bare_receiver(
     let mut receiver = Receiver::builder()
         .name("baseline")
         .source(GROUP)
-        .credit_mode(CreditMode::Auto(64))
+        .credit_mode(CreditMode::Auto(credit()))
         .auto_accept(false)
         .attach(&mut session)
         .await
