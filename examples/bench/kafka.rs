@@ -31,10 +31,31 @@ use crate::{cpu, limit, Row, Run, Shortfalls};
 const DIRECT_TOPIC: &str = "bench.direct";
 const BRIDGE_TOPIC: &str = "bench.bridge";
 /// The bridge's default `max_in_flight`, used as the direct producer's window.
-const WINDOW: usize = 1024;
+const DEFAULT_WINDOW: usize = 1024;
+
+/// `--kafka-window` (both sides' window) and `--kafka-sink` (more keys of
+/// the sink block, e.g. `linger: 20ms`, which both sides use).
+static SETTINGS: std::sync::OnceLock<(usize, String)> = std::sync::OnceLock::new();
+
+pub fn set(window: Option<usize>, sink_keys: Option<String>) {
+    let _ = SETTINGS.set((
+        window.unwrap_or(DEFAULT_WINDOW),
+        sink_keys.unwrap_or_default(),
+    ));
+}
+
+fn window() -> usize {
+    SETTINGS.get().map(|s| s.0).unwrap_or(DEFAULT_WINDOW)
+}
 
 fn sink_yaml(brokers: &str) -> String {
-    format!("sinks:\n  k: {{ kind: kafka, brokers: ['{brokers}'] }}\n")
+    let extra = SETTINGS
+        .get()
+        .map(|s| s.1.as_str())
+        .filter(|keys| !keys.is_empty())
+        .map(|keys| format!(", {keys}"))
+        .unwrap_or_default();
+    format!("sinks:\n  k: {{ kind: kafka, brokers: ['{brokers}']{extra} }}\n")
 }
 
 /// The librdkafka settings the bridge's Kafka sink uses for this sink
@@ -158,7 +179,7 @@ async fn direct(brokers: &str, n: u64, run: &str) -> Run {
     };
     let send_all = async {
         for m in &messages {
-            if in_flight.len() >= WINDOW {
+            if in_flight.len() >= window() {
                 if let Some(result) = in_flight.next().await {
                     tally(result);
                 }
@@ -203,9 +224,10 @@ async fn bridge(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
     let emulator = emulator(n, 0).await;
     let ca = write_ca(&emulator, dir);
     let text = format!(
-        "{source}{sinks}routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: k, topic: {BRIDGE_TOPIC}.{run} }} ] }}\n",
+        "max_in_flight: {window}\n{source}{sinks}routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: k, topic: {BRIDGE_TOPIC}.{run} }} ] }}\n",
         source = source_yaml(&emulator, &ca, &format!("bench-kafka-{run}")),
         sinks = sink_yaml(brokers),
+        window = window(),
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
     let meter = cpu::Meter::start();
@@ -245,7 +267,8 @@ pub async fn row(n: u64, brokers: &str, dir: &Path, short: &mut Shortfalls) -> R
     short.check("Kafka, bridge", &full, n);
     Row {
         name: format!(
-            "Kafka → tansu, acks=all + idempotence, window {WINDOW} (baseline: direct rdkafka FutureProducer)"
+            "Kafka → tansu, acks=all + idempotence, window {} (baseline: direct rdkafka FutureProducer)",
+            window()
         ),
         n,
         baseline: base,

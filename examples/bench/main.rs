@@ -22,7 +22,8 @@
 //!
 //!   cargo run --release --example bench --features blackhole-sink -- \
 //!       [N] [--mqtt PORT] [--kafka HOST:PORT] [--latency-seconds S] \
-//!       [--mqtt-window W] [--credit C] [--rows null,mqtt,kafka,latency] \
+//!       [--mqtt-window W] [--kafka-window W] [--kafka-sink 'linger: 20ms, ...'] \
+//!       [--credit C] [--rows null,mqtt,kafka,latency] \
 //!       [--memory BRIDGE_BIN IN_FLIGHT] [--scaling N,N,...] \
 //!       [--pid NAME=PID]... [--current-thread]
 
@@ -105,6 +106,8 @@ struct Args {
     scaling: Vec<u64>,
     /// Which of null, mqtt, kafka, latency to run (`--rows`; default all).
     rows: Vec<String>,
+    kafka_window: Option<usize>,
+    kafka_sink: Option<String>,
 }
 
 fn args() -> Args {
@@ -120,6 +123,8 @@ fn args() -> Args {
         rows: ["null", "mqtt", "kafka", "latency"]
             .map(String::from)
             .to_vec(),
+        kafka_window: None,
+        kafka_sink: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -149,6 +154,13 @@ fn args() -> Args {
                     .split(',')
                     .map(|n| n.parse().expect("--scaling N,N,..."))
                     .collect();
+            }
+            "--kafka-window" => {
+                let window = it.next().and_then(|w| w.parse().ok());
+                args.kafka_window = Some(window.expect("--kafka-window N"));
+            }
+            "--kafka-sink" => {
+                args.kafka_sink = Some(it.next().expect("--kafka-sink 'KEY: VALUE, ...'"))
             }
             "--credit" => {
                 let credit = it.next().and_then(|c| c.parse().ok());
@@ -215,10 +227,17 @@ fn print_table(rows: &[Row], runtime: &str) {
     println!();
     let header: Vec<String> = names.iter().map(|n| format!("{n} %")).collect();
     println!(
-        "| row | side | time | {} | bench process µs/msg |",
+        "| row | side | time | {} | bench process µs/msg | less the emulator + AMQP µs/msg |",
         header.join(" | ")
     );
-    println!("|---|---|---|{}---|", "---|".repeat(names.len()));
+    println!("|---|---|---|{}---|---|", "---|".repeat(names.len()));
+    let us_per_message =
+        |run: &Run, n: u64| run.cpu.first().map(|c| c.as_secs_f64() * 1e6 / n as f64);
+    // The null-sink baseline: the emulator, TLS + AMQP and a bare receiver.
+    let amqp = rows
+        .iter()
+        .find(|row| row.name.starts_with("null sink"))
+        .and_then(|row| us_per_message(&row.baseline, row.n));
     for row in rows {
         for (side, run) in [("baseline", &row.baseline), ("bridge", &row.bridge)] {
             let seconds = run.elapsed.as_secs_f64();
@@ -227,18 +246,24 @@ fn print_table(rows: &[Row], runtime: &str) {
                 .iter()
                 .map(|c| format!("{:.0}", c.as_secs_f64() / seconds * 100.0))
                 .collect();
-            let per_message = run
-                .cpu
-                .first()
-                .map(|c| format!("{:.1}", c.as_secs_f64() * 1e6 / row.n as f64))
-                .unwrap_or_default();
+            let per_message = us_per_message(run, row.n);
+            let beyond = match (side, per_message, amqp) {
+                ("bridge", Some(all), Some(amqp)) => format!("{:.1}", all - amqp),
+                _ => String::new(),
+            };
             println!(
-                "| {} | {side} | {seconds:.2} s | {} | {per_message} |",
+                "| {} | {side} | {seconds:.2} s | {} | {} | {beyond} |",
                 row.name.split(" (").next().unwrap_or(&row.name),
                 shares.join(" | "),
+                per_message.map(|us| format!("{us:.1}")).unwrap_or_default(),
             );
         }
     }
+    println!();
+    println!(
+        "\"less the emulator + AMQP\": a bridge side's µs/msg minus the null-sink baseline's \
+         (emulator, TLS + AMQP, bare receiver), to set beside a direct producer's own."
+    );
 }
 
 fn main() {
@@ -251,6 +276,7 @@ fn main() {
         .init();
     let args = args();
     cpu::watch(args.watched.clone());
+    kafka::set(args.kafka_window, args.kafka_sink.clone());
     let (runtime, description) = if args.current_thread {
         (
             tokio::runtime::Builder::new_current_thread()

@@ -52,6 +52,10 @@ pub async fn measure(sizes: &[u64], dir: &Path, short: &mut Shortfalls) -> Vec<P
     points
 }
 
+fn cpu_seconds(run: &Run) -> f64 {
+    run.cpu.first().map(|c| c.as_secs_f64()).unwrap_or(0.0)
+}
+
 pub fn print_table(points: &[Point]) {
     if points.is_empty() {
         return;
@@ -59,23 +63,37 @@ pub fn print_table(points: &[Point]) {
     println!();
     println!(
         "Cost per message, null sink: CPU of the bench process (every thread) per message; \
-         the bridge's own = bridge run − baseline run (same emulator, same N):"
+         the bridge's own = bridge run − baseline run (same emulator, same N). The marginal \
+         columns divide the CPU added since the previous N by the messages added, so the \
+         fixed start-up (TLS handshake, login, attach) drops out:"
     );
     println!();
     println!(
-        "| N | baseline msg/s | bridge msg/s | baseline CPU µs/msg | bridge CPU µs/msg | bridge's own µs/msg |"
+        "| N | baseline msg/s | bridge msg/s | baseline CPU µs/msg | bridge CPU µs/msg | \
+         bridge's own µs/msg | marginal baseline | marginal bridge | marginal bridge's own |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut previous: Option<&Point> = None;
     for p in points {
         let base = us_per_message(&p.baseline, p.n);
         let full = us_per_message(&p.bridge, p.n);
+        let marginal = previous
+            .filter(|q| p.n > q.n)
+            .map(|q| {
+                let added = (p.n - q.n) as f64;
+                let b = (cpu_seconds(&p.baseline) - cpu_seconds(&q.baseline)) * 1e6 / added;
+                let f = (cpu_seconds(&p.bridge) - cpu_seconds(&q.bridge)) * 1e6 / added;
+                format!("{b:.1} | {f:.1} | {:.1}", f - b)
+            })
+            .unwrap_or_else(|| "– | – | –".into());
         println!(
-            "| {} | {} | {} | {base:.1} | {full:.1} | {:.1} |",
+            "| {} | {} | {} | {base:.1} | {full:.1} | {:.1} | {marginal} |",
             grouped(p.n as f64),
             grouped(p.baseline.rate()),
             grouped(p.bridge.rate()),
             full - base,
         );
+        previous = Some(p);
     }
     let totals: Vec<f64> = points
         .iter()
