@@ -13,6 +13,9 @@
 #   scripts/bench.sh --smoke   N = 200, dev build: must complete with every
 #                              message counted (exit 1 otherwise); no time is
 #                              asserted. scripts/test.sh runs it.
+#   scripts/bench.sh N -- FLAGS  FLAGS go to examples/bench (see its --help
+#                              in examples/bench/main.rs: --rows, --credit,
+#                              --mqtt-window, --kafka-window, --kafka-sink ...)
 #
 # BENCH_ROCKETMQ=1 adds scripts/bench-rocketmq.sh's comparison afterwards as
 # one more row (its own broker, a debug build, about 800 msg/s; N =
@@ -26,13 +29,18 @@ n=50000
 latency_seconds=5
 in_flight=10000
 scaling=()
-for arg in "$@"; do
-  case "$arg" in
+while [ $# -gt 0 ]; do
+  case "$1" in
     --smoke) smoke=1; n=200; latency_seconds=0.2; in_flight=200 ;;
     --scaling) scaling=(--scaling 1000,10000,100000,1000000) ;;
-    *) n="$arg" ;;
+    --) shift; break ;;
+    *) n="$1" ;;
   esac
+  shift
 done
+# What follows `--` goes to examples/bench as it is, e.g.
+# `scripts/bench.sh 50000 -- --rows kafka --kafka-sink 'linger: 20ms'`.
+extra=("$@")
 
 target="${CARGO_TARGET_DIR:-target}"
 if [ "$smoke" = 1 ]; then
@@ -99,10 +107,9 @@ for topic in bench.direct.w bench.direct.m bench.bridge.w bench.bridge.m; do
   tansu topic create "$topic" --broker "tcp://127.0.0.1:$kafka_port" --partitions 1 >/dev/null
 done
 
-# BENCH_ARGS: more flags for examples/bench, e.g. "--mqtt-window 1000".
 "$bin" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
   --memory "$bridge" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
-  --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${BENCH_ARGS:-}
+  --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${extra[@]+"${extra[@]}"}
 
 if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then
   # The same table's row from scripts/bench-rocketmq.sh (its own broker).
