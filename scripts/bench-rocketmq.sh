@@ -51,4 +51,4 @@ HOME="$work" ROCKETMQ_HOME="$work" "$bin/rocketmq-broker-rust" -c "$work/broker.
 broker_pid=$!
 wait_for "$broker_pid" "$work/broker.log" "started successfully"
 
-./target/release/examples/bench_rocketmq "127.0.0.1:$ns_port" "${1:-20000}"
+"${CARGO_TARGET_DIR:-target}/release/examples/bench_rocketmq" "127.0.0.1:$ns_port" "${1:-20000}"

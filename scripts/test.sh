@@ -11,3 +11,6 @@ cargo clippy --all-targets --all-features -- -D warnings
 # committed corpus. libFuzzer itself runs in scripts/fuzz.sh (its sanitizer
 # build of the whole tree does not fit CI's time; see NOTES.md).
 cargo test --all-features --no-fail-fast
+# The benchmark's smoke run (scripts/bench.sh, N = 200, on the dev build the
+# tests just made): every message must be counted; no time is asserted.
+./scripts/bench.sh --smoke

@@ -1,0 +1,85 @@
+//! CPU time of the bench process and of the brokers during each run, summed
+//! over each process's threads from /proc/PID/task/*/schedstat (ns, run
+//! time on a CPU; as `bench_pipeline` measures), so the tables can say which
+//! process was busy — what limits a row — and what a message cost.
+//! A thread that ends within a run loses its share; the bench's threads
+//! (tokio workers, the subscriber, librdkafka's) outlive each run.
+
+use std::time::Duration;
+
+/// CPU time of every live thread of process `pid` (`self` for this one).
+pub fn process_cpu(pid: &str) -> Duration {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
+}
+
+/// The processes watched: the bench process itself and the brokers named on
+/// the command line (`--pid NAME=PID`).
+#[derive(Clone, Debug, Default)]
+pub struct Watched(pub Vec<(String, String)>);
+
+impl Watched {
+    fn with_self(mut self) -> Watched {
+        self.0.insert(0, ("bench process".into(), "self".into()));
+        self
+    }
+
+    fn sample(&self) -> Vec<Duration> {
+        self.0.iter().map(|(_, pid)| process_cpu(pid)).collect()
+    }
+}
+
+static WATCHED: std::sync::OnceLock<Watched> = std::sync::OnceLock::new();
+
+/// Sets the processes every sample reads (the bench process first).
+pub fn watch(brokers: Watched) {
+    let _ = WATCHED.set(brokers.with_self());
+}
+
+/// Names of the watched processes, in the order of a sample's figures.
+pub fn names() -> Vec<String> {
+    WATCHED
+        .get()
+        .map(|w| w.0.iter().map(|(name, _)| name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// CPU time of each watched process now.
+pub fn sample() -> Vec<Duration> {
+    WATCHED.get().map(Watched::sample).unwrap_or_default()
+}
+
+/// CPU used by each watched process between two samples.
+pub fn delta(before: &[Duration], after: &[Duration]) -> Vec<Duration> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(*b))
+        .collect()
+}
+
+/// CPU time of the watched processes from `start` to `stop`.
+pub struct Meter(Vec<Duration>);
+
+impl Meter {
+    pub fn start() -> Meter {
+        Meter(sample())
+    }
+
+    pub fn stop(&self) -> Vec<Duration> {
+        delta(&self.0, &sample())
+    }
+}

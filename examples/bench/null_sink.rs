@@ -1,0 +1,82 @@
+//! The null-sink row: what the bridge costs without any broker. Baseline:
+//! the emulator into a bare fe2o3 receiver that accepts on arrival. Bridge:
+//! the emulator into the whole bridge (signed login, credit tied to in-flight
+//! slots, routing, pipeline, settlement) with one route to `kind: blackhole`.
+//! Both end when the emulator saw all N accepted.
+
+use std::path::Path;
+use std::time::Instant;
+
+use amqp_bridge::bridge::Bridge;
+use amqp_bridge::config::Config;
+
+use crate::bench_common::{bare_receiver, emulator, source_yaml, write_ca};
+use crate::{cpu, limit, Row, Run, Shortfalls};
+
+pub async fn baseline(n: u64, dir: &Path) -> Run {
+    let mut samples = Vec::new();
+    let done = bare_receiver(n, dir, limit(n), || samples.push(cpu::sample())).await;
+    let cpu = match samples.as_slice() {
+        [before, after] => cpu::delta(before, after),
+        _ => Vec::new(),
+    };
+    match done {
+        Some(elapsed) => Run {
+            delivered: n,
+            elapsed,
+            cpu,
+        },
+        None => Run {
+            delivered: 0,
+            elapsed: limit(n),
+            cpu,
+        },
+    }
+}
+
+pub async fn bridge(n: u64, dir: &Path) -> Run {
+    let emulator = emulator(n, 0).await;
+    let ca = write_ca(&emulator, dir);
+    let text = format!(
+        "{source}sinks:\n  null: {{ kind: blackhole }}\n\
+         routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: null }} ] }}\n",
+        source = source_yaml(&emulator, &ca, "bench-null"),
+    );
+    let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
+    let meter = cpu::Meter::start();
+    let started = Instant::now();
+    let bridge = Bridge::start(&config).await.expect("bridge starts");
+    let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
+    let elapsed = started.elapsed();
+    let cpu = meter.stop();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    Run {
+        delivered: stats.accepted,
+        elapsed,
+        cpu,
+    }
+}
+
+/// Warm-up of N/10 on both sides, then N each.
+pub async fn row(n: u64, dir: &Path, short: &mut Shortfalls) -> Row {
+    let warm = (n / 10).max(1);
+    eprintln!("bench: null sink, warm-up {warm}");
+    short.check(
+        "null sink warm-up, baseline",
+        &baseline(warm, dir).await,
+        warm,
+    );
+    short.check("null sink warm-up, bridge", &bridge(warm, dir).await, warm);
+    eprintln!("bench: null sink, {n}");
+    let base = baseline(n, dir).await;
+    short.check("null sink, baseline", &base, n);
+    let full = bridge(n, dir).await;
+    short.check("null sink, bridge", &full, n);
+    Row {
+        name: "null sink (baseline: bare fe2o3 receiver)".into(),
+        n,
+        baseline: base,
+        bridge: full,
+    }
+}
