@@ -92,7 +92,10 @@ pub async fn measure(
     short: &mut Shortfalls,
 ) -> Memory {
     let steady = 3 * in_flight_limit;
-    let total = steady + in_flight_limit + in_flight_limit / 2;
+    // Room for what arrives between the steady count and the SIGSTOP (at
+    // the offered rate, more than half the limit in a smoke run's 200):
+    // with too few left the stall could never fill.
+    let total = steady + 4 * in_flight_limit;
     let emulator = emulator(total, RATE).await;
     let ca = write_ca(&emulator, dir);
     let text = format!(
