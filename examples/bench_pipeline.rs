@@ -22,54 +22,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use amqp_bridge::bridge::Bridge;
-use amqp_bridge::config::{Config, Secret};
-use amqp_bridge::emulator::{Emulator, EmulatorConfig};
-use amqp_bridge::source::aliyun::{sign_now, Credentials, SignMethod};
-use amqp_bridge::source::connect::{open, ConnectOptions, Login};
-use fe2o3_amqp::link::receiver::CreditMode;
-use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::Value;
-use fe2o3_amqp::{Receiver, Session};
+use amqp_bridge::config::Config;
 
-const AK: &str = "bench-ak";
-const SK: &str = "bench-secret";
-const GROUP: &str = "BENCH";
-
-async fn emulator(count: u64) -> Emulator {
-    Emulator::start(EmulatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        access_keys: vec![(AK.into(), SK.into())],
-        consumer_groups: vec![GROUP.into()],
-        count,
-        ..EmulatorConfig::default()
-    })
-    .await
-    .expect("emulator")
-}
-
-fn write_ca(emulator: &Emulator, dir: &Path) -> std::path::PathBuf {
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, emulator.ca_pem().unwrap()).unwrap();
-    ca
-}
+#[path = "bench_common/mod.rs"]
+mod bench_common;
+use bench_common::{bare_receiver, emulator, process_cpu, source_yaml, write_ca};
 
 /// CPU time of every live thread of this process so far.
 fn cpu_time() -> Duration {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-            nanos += text
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(nanos)
+    process_cpu("self")
 }
 
 /// Wall and CPU time of one run.
@@ -79,70 +40,24 @@ struct Run {
 }
 
 async fn baseline(n: u64, dir: &Path) -> Run {
-    let emulator = emulator(n).await;
-    let ca = write_ca(&emulator, dir);
-    let secret = Secret::new(SK);
-    let login = sign_now(&Credentials {
-        client_id: "bench-baseline",
-        access_key_id: AK,
-        access_key_secret: &secret,
-        consumer_group_id: GROUP,
-        instance_id: None,
-        security_token: None,
-        sign_method: SignMethod::HmacSha1,
-    });
-    let options = ConnectOptions {
-        host: "localhost".into(),
-        port: emulator.local_addr().port(),
-        tls: Some(amqp_bridge::tls::client_config(Some(&ca), None).unwrap()),
-        tls_header: false,
-        container_id: "bench-baseline".into(),
-        login: Login::Plain {
-            username: login.username,
-            password: login.password,
-        },
-        idle_timeout: Some(Duration::from_secs(60)),
-        connect_timeout: Duration::from_secs(10),
-    };
-    let started = Instant::now();
-    let cpu = cpu_time();
-    let mut connection = open(&options).await.unwrap();
-    let mut session = Session::begin(&mut connection).await.unwrap();
-    let mut receiver = Receiver::builder()
-        .name("baseline")
-        .source(GROUP)
-        .credit_mode(CreditMode::Auto(64))
-        .auto_accept(false)
-        .attach(&mut session)
+    let mut marks = Vec::with_capacity(2);
+    let wall = bare_receiver(n, dir, Duration::from_secs(3600), || marks.push(cpu_time()))
         .await
-        .unwrap();
-    for _ in 0..n {
-        let delivery = receiver.recv::<Body<Value>>().await.unwrap();
-        receiver.accept(&delivery).await.unwrap();
+        .expect("the bare receiver finished");
+    Run {
+        wall,
+        cpu: marks[1] - marks[0],
     }
-    emulator.all_accepted().await;
-    let run = Run {
-        wall: started.elapsed(),
-        cpu: cpu_time() - cpu,
-    };
-    let _ = connection.close().await;
-    emulator.shutdown().await;
-    run
 }
 
 async fn bridge(n: u64, dir: &Path) -> Run {
-    let emulator = emulator(n).await;
+    let emulator = emulator(n, 0).await;
     let ca = write_ca(&emulator, dir);
     let out = dir.join("out.jsonl");
     let text = format!(
-        "source: {{ kind: aliyun, url: 'amqps://localhost:{port}', access_key_id: {AK}, \
-         access_key_secret: {SK}, consumer_group_id: {GROUP}, client_id: bench-bridge, \
-         tls: {{ ca_file: '{ca}' }} }}\n\
-         telemetry: {{ listen: '127.0.0.1:0' }}\n\
-         sinks:\n  out: {sink}\n\
+        "{source}sinks:\n  out: {sink}\n\
          routes:\n  - {{ match: {{ topic: '#' }}, to: [ {{ sink: out }} ] }}\n",
-        port = emulator.local_addr().port(),
-        ca = ca.display(),
+        source = source_yaml(&emulator, &ca, "bench-bridge"),
         sink = match std::env::var("BENCH_SINK").as_deref() {
             // The null sink needs cargo feature `blackhole-sink`.
             Ok("blackhole") => "{ kind: blackhole }".to_string(),

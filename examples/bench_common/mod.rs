@@ -127,3 +127,22 @@ pub async fn bare_receiver(
     emulator.shutdown().await;
     done.then_some(elapsed)
 }
+
+/// CPU time of every live thread of process `pid` (`self` for this one).
+pub fn process_cpu(pid: &str) -> Duration {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += text
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
+}
