@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::{Config, SinkConfig};
 use amqp_bridge::emulator::{Generator, MessageSource};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -26,7 +25,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::bench_common::{emulator, source_yaml, write_ca};
-use crate::{cpu, limit, Row, Run, Shortfalls};
+use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
 
 const DIRECT_TOPIC: &str = "bench.direct";
 const BRIDGE_TOPIC: &str = "bench.bridge";
@@ -230,14 +229,7 @@ async fn bridge(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
         window = window(),
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let meter = cpu::Meter::start();
-    let started = Instant::now();
-    let bridge = Bridge::start(&config).await.expect("bridge starts");
-    let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
-    let elapsed = started.elapsed();
-    let cpu = meter.stop();
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (elapsed, cpu, stats) = bridge_until_accepted(&config, emulator, n).await;
     let topic = format!("{BRIDGE_TOPIC}.{run}");
     Run {
         delivered: verified(brokers, &topic, stats.accepted, "Kafka bridge"),

@@ -80,6 +80,30 @@ impl Shortfalls {
     }
 }
 
+/// Runs a bridge on `config` until `emulator` saw its `n` messages accepted
+/// (or [`limit`] passed): how long that took, the CPU each watched process
+/// used, and the emulator's final counts.
+pub async fn bridge_until_accepted(
+    config: &amqp_bridge::config::Config,
+    emulator: amqp_bridge::emulator::Emulator,
+    n: u64,
+) -> (
+    Duration,
+    Vec<Duration>,
+    amqp_bridge::emulator::StatsSnapshot,
+) {
+    let meter = cpu::Meter::start();
+    let started = std::time::Instant::now();
+    let bridge = amqp_bridge::bridge::Bridge::start(config)
+        .await
+        .expect("bridge starts");
+    let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
+    let elapsed = started.elapsed();
+    let cpu = meter.stop();
+    bridge.shutdown().await;
+    (elapsed, cpu, emulator.shutdown().await)
+}
+
 /// The offered rates of the latency rows, msg/s.
 const LATENCY_RATES: [u32; 2] = [1_000, 10_000];
 

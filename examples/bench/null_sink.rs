@@ -5,13 +5,11 @@
 //! Both end when the emulator saw all N accepted.
 
 use std::path::Path;
-use std::time::Instant;
 
-use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
 
 use crate::bench_common::{bare_receiver, emulator, source_yaml, write_ca};
-use crate::{cpu, limit, Row, Run, Shortfalls};
+use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
 
 pub async fn baseline(n: u64, dir: &Path) -> Run {
     let mut samples = Vec::new();
@@ -43,14 +41,7 @@ pub async fn bridge(n: u64, dir: &Path) -> Run {
         source = source_yaml(&emulator, &ca, "bench-null"),
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let meter = cpu::Meter::start();
-    let started = Instant::now();
-    let bridge = Bridge::start(&config).await.expect("bridge starts");
-    let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
-    let elapsed = started.elapsed();
-    let cpu = meter.stop();
-    bridge.shutdown().await;
-    let stats = emulator.shutdown().await;
+    let (elapsed, cpu, stats) = bridge_until_accepted(&config, emulator, n).await;
     Run {
         delivered: stats.accepted,
         elapsed,

@@ -227,19 +227,7 @@ mod tests {
     use crate::config::Config;
 
     fn router(routes: &str) -> Router {
-        let text = format!(
-            "source: {{ kind: aliyun, url: 'amqps://h:5671', access_key_id: a, access_key_secret: b, \
-             consumer_group_id: c, client_id: d }}\nsinks:\n  s: {{ kind: stdout }}\nroutes:\n{routes}"
-        );
-        let config = Config::parse(&text, Path::new("t.yaml"), |_| None).unwrap();
-        let index = HashMap::from([("s".to_string(), 0)]);
-        Router::new(
-            &config.routes,
-            &config.unrouted,
-            &index,
-            &config.sinks.kinds(),
-        )
-        .unwrap()
+        router_with("  s: { kind: stdout }\n", routes, "accept")
     }
 
     fn envelope(topic: &str, props: &[(&str, &str)], body: &str) -> Envelope {
