@@ -103,11 +103,11 @@ tansu broker --listener-url "tcp://127.0.0.1:$kafka_port" \
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
 tansu_pid=$!
 wait_for "$tansu_pid" "$work/tansu.log" "ready"
-for topic in bench.direct.w bench.direct.m bench.bridge.w bench.bridge.m; do
+for topic in bench.direct.w bench.direct.m bench.forwarder.w bench.forwarder.m bench.bridge.w bench.bridge.m; do
   tansu topic create "$topic" --broker "tcp://127.0.0.1:$kafka_port" --partitions 1 >/dev/null
 done
 
-"$bin" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
+${BENCH_WRAP:-} "${BENCH_BIN:-$bin}" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
   --memory "$bridge" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${extra[@]+"${extra[@]}"}
 

@@ -24,11 +24,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bench_common::{emulator, source_yaml, write_ca};
+use crate::bench_common::{credit, emulator, forward, source_yaml, write_ca, BareLink};
 use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
 
 const DIRECT_TOPIC: &str = "bench.direct";
 const BRIDGE_TOPIC: &str = "bench.bridge";
+const FORWARDER_TOPIC: &str = "bench.forwarder";
 /// The bridge's default `max_in_flight`, used as the direct producer's window.
 const DEFAULT_WINDOW: usize = 1024;
 
@@ -219,6 +220,69 @@ async fn direct(brokers: &str, n: u64, run: &str) -> Run {
     }
 }
 
+/// The hand-written forwarder ([`forward`]): each message queued on one
+/// `FutureProducer` with the sink's settings and the same three headers,
+/// accepted at the source on its delivery report, at most the same window
+/// unconfirmed.
+// `forward`'s submit is async twice on purpose: awaiting it queues the
+// publish, the future it yields is the broker's answer.
+#[allow(clippy::async_yields_async)]
+async fn forwarder(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
+    let topic = format!("{FORWARDER_TOPIC}.{run}");
+    let emulator = emulator(n, 0).await;
+    let ca = write_ca(&emulator, dir);
+    let meter = cpu::Meter::start();
+    let started = Instant::now();
+    let mut link = BareLink::attach(
+        &emulator,
+        &ca,
+        &format!("bench-kafka-forwarder-{run}"),
+        credit().max(window() as u32),
+    )
+    .await;
+    let producer: FutureProducer = sink_client(brokers).create().expect("producer");
+    let forwarded = forward(&mut link, n, window(), |message| {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "topic",
+                value: Some(message.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "messageId",
+                value: message.message_id.as_deref().map(str::as_bytes),
+            })
+            .insert(Header {
+                key: "generateTime",
+                value: message.generate_time.as_deref().map(str::as_bytes),
+            });
+        let record = FutureRecord::<[u8], [u8]>::to(&topic)
+            .payload(&message.body[..])
+            .headers(headers);
+        let queued = producer.send_result(record).map_err(|(e, _)| e);
+        async move {
+            async move {
+                match queued {
+                    Ok(report) => matches!(report.await, Ok(Ok(_))),
+                    Err(e) => {
+                        eprintln!("bench: Kafka forwarder: {e}");
+                        false
+                    }
+                }
+            }
+        }
+    });
+    let _ = tokio::time::timeout(limit(n), forwarded).await;
+    let elapsed = started.elapsed();
+    let cpu = meter.stop();
+    link.close().await;
+    let stats = emulator.shutdown().await;
+    Run {
+        delivered: verified(brokers, &topic, stats.accepted, "Kafka forwarder"),
+        elapsed,
+        cpu,
+    }
+}
+
 async fn bridge(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
     let emulator = emulator(n, 0).await;
     let ca = write_ca(&emulator, dir);
@@ -248,6 +312,11 @@ pub async fn row(n: u64, brokers: &str, dir: &Path, short: &mut Shortfalls) -> R
         warm,
     );
     short.check(
+        "Kafka warm-up, forwarder",
+        &forwarder(brokers, warm, "w", dir).await,
+        warm,
+    );
+    short.check(
         "Kafka warm-up, bridge",
         &bridge(brokers, warm, "w", dir).await,
         warm,
@@ -255,6 +324,8 @@ pub async fn row(n: u64, brokers: &str, dir: &Path, short: &mut Shortfalls) -> R
     eprintln!("bench: Kafka, {n}");
     let base = direct(brokers, n, "m").await;
     short.check("Kafka, direct", &base, n);
+    let hand_written = forwarder(brokers, n, "m", dir).await;
+    short.check("Kafka, forwarder", &hand_written, n);
     let full = bridge(brokers, n, "m", dir).await;
     short.check("Kafka, bridge", &full, n);
     Row {
@@ -264,6 +335,7 @@ pub async fn row(n: u64, brokers: &str, dir: &Path, short: &mut Shortfalls) -> R
         ),
         n,
         baseline: base,
+        forwarder: Some(hand_written),
         bridge: full,
     }
 }

@@ -62,6 +62,9 @@ pub struct Row {
     pub name: String,
     pub n: u64,
     pub baseline: Run,
+    /// The hand-written forwarder (`bench_common::forward`): the same
+    /// source and broker, no bridge; rows with a broker have one.
+    pub forwarder: Option<Run>,
     pub bridge: Run,
 }
 
@@ -224,16 +227,25 @@ pub fn grouped(value: f64) -> String {
 }
 
 fn print_table(rows: &[Row], runtime: &str) {
-    println!("| row | N | baseline | bridge | bridge/baseline |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| row | N | baseline | hand-written forwarder | bridge | bridge/baseline | bridge/forwarder |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for row in rows {
+        let forwarder = row.forwarder.as_ref();
         println!(
-            "| {} | {} | {} msg/s | {} msg/s | {:.2}× |",
+            "| {} | {} | {} msg/s | {} | {} msg/s | {:.2}× | {} |",
             row.name,
             grouped(row.n as f64),
             grouped(row.baseline.rate()),
+            forwarder
+                .map(|f| format!("{} msg/s", grouped(f.rate())))
+                .unwrap_or_else(|| "–".into()),
             grouped(row.bridge.rate()),
             row.bridge.rate() / row.baseline.rate(),
+            forwarder
+                .map(|f| format!("{:.2}×", row.bridge.rate() / f.rate()))
+                .unwrap_or_else(|| "–".into()),
         );
     }
     println!();
@@ -263,7 +275,12 @@ fn print_table(rows: &[Row], runtime: &str) {
         .find(|row| row.name.starts_with("null sink"))
         .and_then(|row| us_per_message(&row.baseline, row.n));
     for row in rows {
-        for (side, run) in [("baseline", &row.baseline), ("bridge", &row.bridge)] {
+        let sides = [
+            Some(("baseline", &row.baseline)),
+            row.forwarder.as_ref().map(|run| ("forwarder", run)),
+            Some(("bridge", &row.bridge)),
+        ];
+        for (side, run) in sides.into_iter().flatten() {
             let seconds = run.elapsed.as_secs_f64();
             let shares: Vec<String> = run
                 .cpu
@@ -272,7 +289,7 @@ fn print_table(rows: &[Row], runtime: &str) {
                 .collect();
             let per_message = us_per_message(run, row.n);
             let beyond = match (side, per_message, amqp) {
-                ("bridge", Some(all), Some(amqp)) => format!("{:.1}", all - amqp),
+                ("bridge" | "forwarder", Some(all), Some(amqp)) => format!("{:.1}", all - amqp),
                 _ => String::new(),
             };
             println!(
@@ -285,8 +302,8 @@ fn print_table(rows: &[Row], runtime: &str) {
     }
     println!();
     println!(
-        "\"less the emulator + AMQP\": a bridge side's µs/msg minus the null-sink baseline's \
-         (emulator, TLS + AMQP, bare receiver), to set beside a direct producer's own."
+        "\"less the emulator + AMQP\": a bridge or forwarder side's µs/msg minus the null-sink \
+         baseline's (emulator, TLS + AMQP, bare receiver), to set beside a direct producer's own."
     );
 }
 

@@ -8,7 +8,9 @@
 //! N / (time from before the producer or bridge connects to the
 //! subscriber's N-th arrival).
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use amqp_bridge::bridge::Bridge;
@@ -16,8 +18,9 @@ use amqp_bridge::config::Config;
 use amqp_bridge::emulator::{Generator, MessageSource};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::oneshot;
 
-use crate::bench_common::{emulator, source_yaml, write_ca};
+use crate::bench_common::{credit, emulator, forward, source_yaml, write_ca, BareLink};
 use crate::subscriber::Subscriber;
 use crate::{cpu, limit, Row, Run, Shortfalls};
 
@@ -125,6 +128,90 @@ async fn direct(port: u16, n: u64, run: &str) -> Run {
     }
 }
 
+/// The hand-written forwarder ([`forward`]): each message published at
+/// QoS 1 through one rumqttc client with the same window, accepted at the
+/// source on its PUBACK. Mosquitto answers a connection's QoS 1 publishes
+/// in order, so a FIFO pairs each PUBACK with its message. Counted by the
+/// same kind of subscriber.
+// `forward`'s submit is async twice on purpose: awaiting it queues the
+// publish, the future it yields is the broker's answer.
+#[allow(clippy::async_yields_async)]
+async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
+    let prefix = format!("bench/forwarder/{run}");
+    let emulator = emulator(n, 0).await;
+    let ca = write_ca(&emulator, dir);
+    let subscriber = Subscriber::start(
+        port,
+        &format!("bench-sub-forwarder-{run}"),
+        &format!("{prefix}/#"),
+        n,
+        false,
+    );
+    let meter = cpu::Meter::start();
+    let started = Instant::now();
+    let mut link = BareLink::attach(
+        &emulator,
+        &ca,
+        &format!("bench-forwarder-{run}"),
+        credit().max(window() as u32),
+    )
+    .await;
+    let mut options = MqttOptions::new(format!("bench-forwarder-{run}"), "127.0.0.1", port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(std::time::Duration::from_secs(30))
+        .set_inflight(window())
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, window() as usize * 2);
+    let unacked: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
+    let events = tokio::spawn({
+        let unacked = unacked.clone();
+        async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let next = unacked.lock().expect("FIFO").pop_front();
+                        if let Some(acked) = next {
+                            let _ = acked.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("bench: MQTT forwarder: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let accepted = forward(&mut link, n, window() as usize, |message| {
+        let client = client.clone();
+        let unacked = unacked.clone();
+        let topic = format!("{prefix}{}", message.topic);
+        async move {
+            let (acked, on_puback) = oneshot::channel();
+            unacked.lock().expect("FIFO").push_back(acked);
+            let queued = client
+                .publish_bytes(topic, QoS::AtLeastOnce, false, message.body)
+                .await
+                .is_ok();
+            async move { queued && on_puback.await.is_ok() }
+        }
+    });
+    let _ = tokio::time::timeout(limit(n), accepted).await;
+    let nth = subscriber.wait(limit(n)).await;
+    let cpu = meter.stop();
+    let _ = client.try_disconnect();
+    events.abort();
+    link.close().await;
+    emulator.shutdown().await;
+    Run {
+        delivered: subscriber.count(),
+        elapsed: nth.unwrap_or_else(Instant::now) - started,
+        cpu,
+    }
+}
+
 /// The bridge's configuration: the emulator as source, one MQTT sink with
 /// `max_in_flight`, every message to `prefix{topic}` at QoS 1.
 pub fn bridge_yaml(
@@ -182,6 +269,11 @@ pub async fn row(n: u64, port: u16, dir: &Path, short: &mut Shortfalls) -> Row {
     eprintln!("bench: MQTT, warm-up {warm}");
     short.check("MQTT warm-up, direct", &direct(port, warm, "w").await, warm);
     short.check(
+        "MQTT warm-up, forwarder",
+        &forwarder(port, warm, "w", dir).await,
+        warm,
+    );
+    short.check(
         "MQTT warm-up, bridge",
         &bridge(port, warm, "w", dir).await,
         warm,
@@ -189,6 +281,8 @@ pub async fn row(n: u64, port: u16, dir: &Path, short: &mut Shortfalls) -> Row {
     eprintln!("bench: MQTT, {n}");
     let base = direct(port, n, "m").await;
     short.check("MQTT, direct", &base, n);
+    let hand_written = forwarder(port, n, "m", dir).await;
+    short.check("MQTT, forwarder", &hand_written, n);
     let full = bridge(port, n, "m", dir).await;
     short.check("MQTT, bridge", &full, n);
     Row {
@@ -198,6 +292,7 @@ pub async fn row(n: u64, port: u16, dir: &Path, short: &mut Shortfalls) -> Row {
         ),
         n,
         baseline: base,
+        forwarder: Some(hand_written),
         bridge: full,
     }
 }

@@ -68,6 +68,7 @@ pub async fn row(n: u64, dir: &Path, short: &mut Shortfalls) -> Row {
         name: "null sink (baseline: bare fe2o3 receiver)".into(),
         n,
         baseline: base,
+        forwarder: None,
         bridge: full,
     }
 }

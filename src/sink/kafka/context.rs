@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 
 use super::client::mask;
+use super::delivery::{Reports, Waiter};
 
 /// A given client error code is logged at most once per this long: with a
 /// broker down librdkafka reports (alternating) errors several times a second.
@@ -31,17 +33,21 @@ struct State {
     /// Set with `last_error`, so that clearing after every successful send
     /// costs one atomic swap when there is nothing to clear.
     has_error: AtomicBool,
+    /// Where delivery reports go (`delivery::dispatch`).
+    reports: Reports,
 }
 
 impl SinkContext {
-    /// `secrets`: values to mask in everything librdkafka says.
-    pub fn new(sink: Arc<str>, secrets: Vec<String>) -> SinkContext {
+    /// `secrets`: values to mask in everything librdkafka says; `reports`:
+    /// where each record's delivery report goes.
+    pub(super) fn new(sink: Arc<str>, secrets: Vec<String>, reports: Reports) -> SinkContext {
         SinkContext(Arc::new(State {
             sink,
             secrets,
             last_error: Mutex::new(None),
             logged: Mutex::new(HashMap::new()),
             has_error: AtomicBool::new(false),
+            reports,
         }))
     }
 
@@ -128,12 +134,29 @@ impl ClientContext for SinkContext {
     }
 }
 
+/// Runs on librdkafka's polling thread: the report goes to the runtime.
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Waiter;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiter: Waiter) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(error.clone()),
+        };
+        self.0.reports.report(waiter, outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn context() -> SinkContext {
-        SinkContext::new(Arc::from("k"), vec!["long-secret-value".to_string()])
+        SinkContext::new(
+            Arc::from("k"),
+            vec!["long-secret-value".to_string()],
+            Reports::channel().0,
+        )
     }
 
     #[test]

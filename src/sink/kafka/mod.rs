@@ -4,8 +4,9 @@
 //!
 //! `config` is the sink's YAML schema (always built, so `check` reads a
 //! Kafka sink in any build), `client` maps it onto librdkafka properties
-//! (TLS, SASL, compression), `context` receives librdkafka's logs and
-//! errors, `missing_topics` holds the grace period of unknown topics,
+//! (TLS, SASL, compression), `context` receives librdkafka's logs,
+//! errors and delivery reports, `delivery` brings the reports back to the
+//! runtime, `missing_topics` holds the grace period of unknown topics,
 //! `producer` sends. Everything but `config` needs cargo feature `kafka`.
 
 #[cfg(feature = "kafka")]
@@ -13,6 +14,8 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "kafka")]
 mod context;
+#[cfg(feature = "kafka")]
+mod delivery;
 #[cfg(feature = "kafka")]
 mod missing_topics;
 #[cfg(feature = "kafka")]

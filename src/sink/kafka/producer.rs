@@ -1,5 +1,5 @@
-//! The producer: one rdkafka `FutureProducer` per sink, a record resolved
-//! only by its delivery report.
+//! The producer: one rdkafka `ThreadedProducer` per sink, a record resolved
+//! only by its delivery report (brought back by `delivery`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -8,19 +8,24 @@ use futures_util::future::BoxFuture;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
-use tokio::sync::watch;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, redacted};
 use super::config::KafkaSinkConfig;
 use super::context::SinkContext;
+use super::delivery::{self, Reports};
 use super::missing_topics::MissingTopics;
 use crate::sink::{Destination, Outgoing, Sink, SinkBuildError, SinkError, SinkKind};
 
-/// The producer type: librdkafka's callbacks go through [`SinkContext`].
-type SinkProducer = FutureProducer<SinkContext>;
+/// The producer type: librdkafka's callbacks, delivery reports included,
+/// go through [`SinkContext`]. Shared with the sends and the metadata probe.
+type SinkProducer = Arc<ThreadedProducer<SinkContext>>;
+
+/// How long a send waits before trying again when librdkafka's local queue
+/// is full (what rdkafka's `FutureProducer` waited too).
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
 
 /// A producer for one Kafka cluster.
 pub struct KafkaSink {
@@ -55,10 +60,13 @@ impl KafkaSink {
             message,
         };
         let client = client::client_config(config).map_err(|e| invalid(e.to_string()))?;
-        let context = SinkContext::new(Arc::from(name), client::secrets(&client));
+        let (reports, receiver) = Reports::channel();
+        let context = SinkContext::new(Arc::from(name), client::secrets(&client), reports);
         let producer: SinkProducer = client
             .create_with_context(context.clone())
+            .map(Arc::new)
             .map_err(|e| invalid(format!("Kafka producer: {}", redacted(&e, &client))))?;
+        tokio::spawn(delivery::dispatch(receiver));
         let (ready_tx, ready) = watch::channel(false);
         let stop = CancellationToken::new();
         tokio::spawn(probe_metadata(
@@ -164,11 +172,11 @@ fn replace_fatal(
     if guard.0 != generation {
         return;
     }
-    match client.create_with_context::<_, SinkProducer>(context.clone()) {
+    match client.create_with_context::<_, ThreadedProducer<SinkContext>>(context.clone()) {
         Ok(fresh) => {
             let reason = context.mask(reason);
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
-            *guard = (generation + 1, fresh);
+            *guard = (generation + 1, Arc::new(fresh));
         }
         Err(e) => {
             let error = redacted(&e, client);
@@ -241,17 +249,33 @@ async fn send_record(
         // The broker would refuse it (and some brokers silently accept it).
         return Err((SinkError::Permanent(problem), false));
     }
-    let body = message.envelope.body.clone();
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-        .payload(&body[..])
+    let (done, report) = oneshot::channel();
+    let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, Box::new(done))
+        .payload(&message.envelope.body[..])
         .headers(headers(message, *all_headers));
     if let Some(key) = key {
         record = record.key(key.as_bytes());
     }
-    // Timeout::Never: a full local queue waits here (backpressure).
-    match producer.send(record, Timeout::Never).await {
-        Ok(_) => Ok(()),
-        Err((error, _)) => {
+    let queued = loop {
+        match producer.send(record) {
+            Ok(()) => break Ok(()),
+            // A full local queue waits here (backpressure), then tries again.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((error, _)) => break Err(error),
+        }
+    };
+    let outcome = match queued {
+        Ok(()) => report.await.unwrap_or_else(|_| {
+            Err(KafkaError::Canceled) // the producer went away with the record
+        }),
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(error) => {
             if let Some(fatal) = producer.client().fatal_error() {
                 replace_fatal(shared, generation, client, context, name, &fatal.1);
                 return Err((
