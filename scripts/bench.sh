@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark (issue 17): starts Mosquitto and tansu on free
 # loopback ports, runs examples/bench (release build) and prints markdown
-# tables — null sink, MQTT QoS 1 and Kafka, each row with its baseline
-# measured in the same run; the CPU each process used; MQTT latency at
+# tables — null sink, MQTT QoS 1 and Kafka, each row with its baselines
+# (a direct producer; a hand-written forwarder) measured in the same run; the CPU each process used; MQTT latency at
 # 1 000 and 10 000 msg/s offered (5 s each); the bridge's memory as its own
 # process, steady and with 10 000 messages held by a frozen Mosquitto —
 # then stops the brokers.
@@ -16,6 +16,11 @@
 #   scripts/bench.sh N -- FLAGS  FLAGS go to examples/bench (see its --help
 #                              in examples/bench/main.rs: --rows, --credit,
 #                              --mqtt-window, --kafka-window, --kafka-sink ...)
+#
+# BENCH_BIN=PATH runs another build of examples/bench (before/after
+# comparisons), BENCH_BRIDGE=PATH another bridge binary (or a wrapper such
+# as valgrind's) in the memory phase, BENCH_WRAP="valgrind ..." prefixes the
+# bench process (callgrind of a whole row).
 #
 # BENCH_ROCKETMQ=1 adds scripts/bench-rocketmq.sh's comparison afterwards as
 # one more row (its own broker, a debug build, about 800 msg/s; N =
@@ -108,7 +113,7 @@ for topic in bench.direct.w bench.direct.m bench.forwarder.w bench.forwarder.m b
 done
 
 ${BENCH_WRAP:-} "${BENCH_BIN:-$bin}" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
-  --memory "$bridge" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
+  --memory "${BENCH_BRIDGE:-$bridge}" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${extra[@]+"${extra[@]}"}
 
 if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then
@@ -120,8 +125,8 @@ if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then
     /^bridge \(/ { for (i = 1; i <= NF; i++) if ($i == "=") full = $(i + 1) }
     END {
       if (base == "" || full == "") { print "bench: no RocketMQ figures" > "/dev/stderr"; exit 1 }
-      printf "\n| row | N | baseline | bridge | bridge/baseline |\n|---|---|---|---|---|\n"
-      printf "| RocketMQ → rocketmq-rust (debug build), window 128 (baseline: the RocketMQ sink alone) | %d | %d msg/s | %d msg/s | %.2f× |\n", n, base, full, full / base
+      printf "\n| row | N | baseline | hand-written forwarder | bridge | bridge/baseline | bridge/forwarder |\n|---|---|---|---|---|---|---|\n"
+      printf "| RocketMQ → rocketmq-rust (debug build), window 128 (baseline: the RocketMQ sink alone) | %d | %d msg/s | – | %d msg/s | %.2f× | – |\n", n, base, full, full / base
     }' "$work/rocketmq.out"
 else
   echo

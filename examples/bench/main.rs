@@ -5,10 +5,13 @@
 //! - null sink: emulator → bridge → `kind: blackhole`, against a bare fe2o3
 //!   receiver that accepts on arrival (`null_sink.rs`);
 //! - MQTT QoS 1: emulator → bridge → Mosquitto, against a direct rumqttc
-//!   producer with the sink's in-flight window, both counted by the same
-//!   kind of independent subscriber (`mqtt.rs`);
+//!   producer with the sink's in-flight window and a hand-written
+//!   forwarder (a bare receiver publishing through rumqttc, accepting on
+//!   PUBACK), all counted by the same kind of independent subscriber
+//!   (`mqtt.rs`);
 //! - Kafka: emulator → bridge → tansu, against a direct rdkafka producer
-//!   with the sink's own librdkafka settings (`kafka.rs`);
+//!   with the sink's own librdkafka settings and the same hand-written
+//!   forwarder on that producer (`kafka.rs`);
 //! - latency at 1 000 and 10 000 msg/s offered, MQTT, bridge against the
 //!   direct producer (`latency.rs`);
 //! - memory: the bridge as its own process, steady and with the sink
