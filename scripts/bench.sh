@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark (issue 17): starts Mosquitto and tansu on free
 # loopback ports, runs examples/bench (release build) and prints markdown
-# tables — null sink, MQTT QoS 1 and Kafka, each row with its baselines
-# (a direct producer; a hand-written forwarder) measured in the same run; the CPU each process used; MQTT latency at
+# tables — null sink, MQTT QoS 1 and Kafka, each row with its
+# baselines (a direct producer; a hand-written forwarder) measured in the
+# same run; the CPU each process used; MQTT latency at
 # 1 000 and 10 000 msg/s offered (5 s each); the bridge's memory as its own
 # process, steady and with 10 000 messages held by a frozen Mosquitto —
 # then stops the brokers.
@@ -54,6 +55,12 @@ if [ "$smoke" = 1 ]; then
   cargo build --quiet --example bench --bin amqp-bridge --all-features
   bin="$target/debug/examples/bench"
   bridge="$target/debug/amqp-bridge"
+elif [ -n "${BENCH_BIN:-}" ]; then
+  # Another build of the bench (before/after); the bridge binary is still
+  # this tree's, for the memory phase.
+  cargo build --quiet --release --bin amqp-bridge --features blackhole-sink
+  bin="$BENCH_BIN"
+  bridge="$target/release/amqp-bridge"
 else
   cargo build --quiet --release --example bench --bin amqp-bridge --features blackhole-sink
   bin="$target/release/examples/bench"
@@ -112,7 +119,7 @@ for topic in bench.direct.w bench.direct.m bench.forwarder.w bench.forwarder.m b
   tansu topic create "$topic" --broker "tcp://127.0.0.1:$kafka_port" --partitions 1 >/dev/null
 done
 
-${BENCH_WRAP:-} "${BENCH_BIN:-$bin}" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
+${BENCH_WRAP:-} "$bin" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
   --memory "${BENCH_BRIDGE:-$bridge}" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${extra[@]+"${extra[@]}"}
 

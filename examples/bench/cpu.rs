@@ -4,6 +4,9 @@
 //! process was busy — what limits a row — and what a message cost.
 //! A thread that ends within a run loses its share; the bench's threads
 //! (tokio workers, the subscriber, librdkafka's) outlive each run.
+//! schedstat's third field, how many times a thread was put on a CPU, is
+//! counted too for the bench process: thread runs per message show how
+//! often a side's work crossed threads (a wake-up each).
 
 use std::time::Duration;
 
@@ -40,29 +43,56 @@ pub fn names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// CPU time of each watched process now.
-pub fn sample() -> Vec<Duration> {
-    WATCHED.get().map(Watched::sample).unwrap_or_default()
+/// CPU time of each watched process, and the bench process's thread runs.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    pub cpu: Vec<Duration>,
+    /// Times a thread of the bench process was put on a CPU.
+    pub runs: u64,
 }
 
-/// CPU used by each watched process between two samples.
-pub fn delta(before: &[Duration], after: &[Duration]) -> Vec<Duration> {
-    before
-        .iter()
-        .zip(after)
-        .map(|(b, a)| a.saturating_sub(*b))
-        .collect()
+/// Each watched process's CPU time and the bench process's thread runs now.
+pub fn sample() -> Usage {
+    Usage {
+        cpu: WATCHED.get().map(Watched::sample).unwrap_or_default(),
+        runs: thread_runs(),
+    }
 }
 
-/// CPU time of the watched processes from `start` to `stop`.
-pub struct Meter(Vec<Duration>);
+/// What was used between two samples.
+pub fn delta(before: &Usage, after: &Usage) -> Usage {
+    Usage {
+        cpu: before
+            .cpu
+            .iter()
+            .zip(&after.cpu)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .collect(),
+        runs: after.runs.saturating_sub(before.runs),
+    }
+}
+
+/// schedstat's run count, summed over the bench process's live threads.
+fn thread_runs() -> u64 {
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What the watched processes used from `start` to `stop`.
+pub struct Meter(Usage);
 
 impl Meter {
     pub fn start() -> Meter {
         Meter(sample())
     }
 
-    pub fn stop(&self) -> Vec<Duration> {
+    pub fn stop(&self) -> Usage {
         delta(&self.0, &sample())
     }
 }

@@ -3,12 +3,15 @@
 //! librdkafka's default linger and batching; see `sink_client`) sending
 //! the emulator's generated bodies with the same three headers the sink
 //! adds, at most `max_in_flight` (the bridge's default, 1 024) unconfirmed,
-//! counted by delivery reports. Bridge: the emulator → the whole bridge →
-//! the Kafka sink, done when the emulator saw all N accepted (which the
-//! bridge does only after each delivery report). Each run writes its own
-//! topic, read back afterwards to check the count (`bench.direct.w`,
-//! `.m`, `bench.bridge.w`, `.m` for warm-up and measured run, one partition
-//! each, created by the script).
+//! counted by delivery reports. Hand-written forwarder
+//! (`bench_common::forwarder`): a bare receiver queuing each message on one
+//! such producer and accepting it on its delivery report, credit = window.
+//! Bridge: the emulator → the whole bridge → the Kafka sink. Forwarder and
+//! bridge are done when the emulator saw all N accepted (which both do
+//! only after each delivery report). Each run writes its own topic, read
+//! back afterwards to check the count (`bench.direct.w`, `.m`,
+//! `bench.forwarder.w`, `.m`, `bench.bridge.w`, `.m` for warm-up and
+//! measured run, one partition each, created by the script).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,7 +27,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bench_common::{credit, emulator, forward, source_yaml, write_ca, BareLink};
+use crate::bench_common::forwarder::forward;
+use crate::bench_common::{credit, emulator, source_yaml, write_ca, BareLink};
 use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
 
 const DIRECT_TOPIC: &str = "bench.direct";
@@ -95,6 +99,28 @@ fn sink_client(brokers: &str) -> ClientConfig {
         client.set(key, value);
     }
     client
+}
+
+/// The three headers the sink adds: the platform's `topic`, `messageId`
+/// and `generateTime` properties.
+fn platform_headers(
+    topic: &str,
+    message_id: Option<&str>,
+    generate_time: Option<&str>,
+) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "topic",
+            value: Some(topic.as_bytes()),
+        })
+        .insert(Header {
+            key: "messageId",
+            value: message_id.map(str::as_bytes),
+        })
+        .insert(Header {
+            key: "generateTime",
+            value: generate_time.map(str::as_bytes),
+        })
 }
 
 /// Reads `topic` (one partition) from the start and counts its records
@@ -185,19 +211,7 @@ async fn direct(brokers: &str, n: u64, run: &str) -> Run {
                 }
             }
             let generate_time = m.generate_time.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "topic",
-                    value: Some(m.topic.as_bytes()),
-                })
-                .insert(Header {
-                    key: "messageId",
-                    value: m.message_id.as_deref().map(str::as_bytes),
-                })
-                .insert(Header {
-                    key: "generateTime",
-                    value: Some(generate_time.as_bytes()),
-                });
+            let headers = platform_headers(&m.topic, m.message_id.as_deref(), Some(&generate_time));
             let record = FutureRecord::<[u8], [u8]>::to(&topic)
                 .payload(&m.body[..])
                 .headers(headers);
@@ -209,24 +223,23 @@ async fn direct(brokers: &str, n: u64, run: &str) -> Run {
     };
     let _ = tokio::time::timeout(limit(n), send_all).await;
     let elapsed = started.elapsed();
-    let cpu = meter.stop();
+    let usage = meter.stop();
     if failed > 0 {
         eprintln!("bench: direct Kafka producer: {failed} failed");
     }
     Run {
         delivered: verified(brokers, &topic, confirmed, "direct Kafka producer"),
         elapsed,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 
 /// The hand-written forwarder ([`forward`]): each message queued on one
 /// `FutureProducer` with the sink's settings and the same three headers,
 /// accepted at the source on its delivery report, at most the same window
-/// unconfirmed.
-// `forward`'s submit is async twice on purpose: awaiting it queues the
-// publish, the future it yields is the broker's answer.
-#[allow(clippy::async_yields_async)]
+/// unconfirmed; done, like the bridge, when the emulator saw all N
+/// accepted.
 async fn forwarder(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
     let topic = format!("{FORWARDER_TOPIC}.{run}");
     let emulator = emulator(n, 0).await;
@@ -242,44 +255,40 @@ async fn forwarder(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
     .await;
     let producer: FutureProducer = sink_client(brokers).create().expect("producer");
     let forwarded = forward(&mut link, n, window(), |message| {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "topic",
-                value: Some(message.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: "messageId",
-                value: message.message_id.as_deref().map(str::as_bytes),
-            })
-            .insert(Header {
-                key: "generateTime",
-                value: message.generate_time.as_deref().map(str::as_bytes),
-            });
+        let headers = platform_headers(
+            &message.topic,
+            message.message_id.as_deref(),
+            message.generate_time.as_deref(),
+        );
         let record = FutureRecord::<[u8], [u8]>::to(&topic)
             .payload(&message.body[..])
             .headers(headers);
+        // Queued at once (nothing to await); the report is the answer.
         let queued = producer.send_result(record).map_err(|(e, _)| e);
-        async move {
-            async move {
-                match queued {
-                    Ok(report) => matches!(report.await, Ok(Ok(_))),
-                    Err(e) => {
-                        eprintln!("bench: Kafka forwarder: {e}");
-                        false
-                    }
+        std::future::ready(async move {
+            match queued {
+                Ok(report) => matches!(report.await, Ok(Ok(_))),
+                Err(e) => {
+                    eprintln!("bench: Kafka forwarder: {e}");
+                    false
                 }
             }
-        }
+        })
     });
-    let _ = tokio::time::timeout(limit(n), forwarded).await;
+    let _ = tokio::time::timeout(limit(n), async {
+        forwarded.await;
+        emulator.all_accepted().await;
+    })
+    .await;
     let elapsed = started.elapsed();
-    let cpu = meter.stop();
+    let usage = meter.stop();
     link.close().await;
     let stats = emulator.shutdown().await;
     Run {
         delivered: verified(brokers, &topic, stats.accepted, "Kafka forwarder"),
         elapsed,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 
@@ -293,12 +302,13 @@ async fn bridge(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
         window = window(),
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let (elapsed, cpu, stats) = bridge_until_accepted(&config, emulator, n).await;
+    let (elapsed, usage, stats) = bridge_until_accepted(&config, emulator, n).await;
     let topic = format!("{BRIDGE_TOPIC}.{run}");
     Run {
         delivered: verified(brokers, &topic, stats.accepted, "Kafka bridge"),
         elapsed,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 

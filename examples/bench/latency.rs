@@ -88,6 +88,7 @@ async fn direct(port: u16, rate: u32, n: u64, run: &str) -> Measured {
         delivered: subscriber.count(),
         elapsed: nth.unwrap_or_else(Instant::now) - started,
         cpu: Vec::new(),
+        runs: 0,
     };
     measured(&subscriber, run)
 }
@@ -131,6 +132,7 @@ async fn bridge(
         delivered: subscriber.count(),
         elapsed,
         cpu: Vec::new(),
+        runs: 0,
     };
     (measured(&subscriber, run), settle)
 }

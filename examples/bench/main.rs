@@ -52,6 +52,8 @@ pub struct Run {
     pub elapsed: Duration,
     /// CPU time of each watched process during the run ([`cpu::names`]).
     pub cpu: Vec<Duration>,
+    /// Times a thread of the bench process was put on a CPU.
+    pub runs: u64,
 }
 
 impl Run {
@@ -87,17 +89,13 @@ impl Shortfalls {
 }
 
 /// Runs a bridge on `config` until `emulator` saw its `n` messages accepted
-/// (or [`limit`] passed): how long that took, the CPU each watched process
+/// (or [`limit`] passed): how long that took, what the watched processes
 /// used, and the emulator's final counts.
 pub async fn bridge_until_accepted(
     config: &amqp_bridge::config::Config,
     emulator: amqp_bridge::emulator::Emulator,
     n: u64,
-) -> (
-    Duration,
-    Vec<Duration>,
-    amqp_bridge::emulator::StatsSnapshot,
-) {
+) -> (Duration, cpu::Usage, amqp_bridge::emulator::StatsSnapshot) {
     let meter = cpu::Meter::start();
     let started = std::time::Instant::now();
     let bridge = amqp_bridge::bridge::Bridge::start(config)
@@ -105,9 +103,9 @@ pub async fn bridge_until_accepted(
         .expect("bridge starts");
     let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
     let elapsed = started.elapsed();
-    let cpu = meter.stop();
+    let usage = meter.stop();
     bridge.shutdown().await;
-    (elapsed, cpu, emulator.shutdown().await)
+    (elapsed, usage, emulator.shutdown().await)
 }
 
 /// The offered rates of the latency rows, msg/s.
@@ -253,7 +251,10 @@ fn print_table(rows: &[Row], runtime: &str) {
     }
     println!();
     println!(
-        "Runtime: {runtime}; source credit {}; each side after a warm-up of N/10.",
+        "Runtime: {runtime}; source credit {} for the bridge and the bare receiver, \
+         the forwarders' credit = their window (fe2o3 refills credit on settlement, so \
+         credit bounds what they hold unsettled; the bridge's max_in_flight does that); \
+         each side after a warm-up of N/10.",
         bench_common::CREDIT.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!();
@@ -266,10 +267,10 @@ fn print_table(rows: &[Row], runtime: &str) {
     println!();
     let header: Vec<String> = names.iter().map(|n| format!("{n} %")).collect();
     println!(
-        "| row | side | time | {} | bench process µs/msg | less the emulator + AMQP µs/msg |",
+        "| row | side | time | {} | bench process µs/msg | less the emulator + AMQP µs/msg | bench thread runs/msg |",
         header.join(" | ")
     );
-    println!("|---|---|---|{}---|---|", "---|".repeat(names.len()));
+    println!("|---|---|---|{}---|---|---|", "---|".repeat(names.len()));
     let us_per_message =
         |run: &Run, n: u64| run.cpu.first().map(|c| c.as_secs_f64() * 1e6 / n as f64);
     // The null-sink baseline: the emulator, TLS + AMQP and a bare receiver.
@@ -296,17 +297,20 @@ fn print_table(rows: &[Row], runtime: &str) {
                 _ => String::new(),
             };
             println!(
-                "| {} | {side} | {seconds:.2} s | {} | {} | {beyond} |",
+                "| {} | {side} | {seconds:.2} s | {} | {} | {beyond} | {:.2} |",
                 row.name.split(" (").next().unwrap_or(&row.name),
                 shares.join(" | "),
                 per_message.map(|us| format!("{us:.1}")).unwrap_or_default(),
+                run.runs as f64 / row.n as f64,
             );
         }
     }
     println!();
     println!(
         "\"less the emulator + AMQP\": a bridge or forwarder side's µs/msg minus the null-sink \
-         baseline's (emulator, TLS + AMQP, bare receiver), to set beside a direct producer's own."
+         baseline's (emulator, TLS + AMQP, bare receiver), to set beside a direct producer's own. \
+         \"thread runs\": times a thread of the bench process was put on a CPU \
+         (schedstat), per message: how often the work crossed threads."
     );
 }
 

@@ -2,7 +2,10 @@
 //! publishing the emulator's generated messages (bodies and topics made
 //! before the clock starts) with the MQTT sink's default window of 100
 //! unacknowledged publishes (rumqttc's own `inflight`; `--mqtt-window`
-//! changes it on both sides). Bridge: the emulator
+//! changes it on every side). Hand-written forwarder
+//! (`bench_common::forwarder`): a bare receiver publishing each message
+//! through one such client and accepting it on its PUBACK, credit = window.
+//! Bridge: the emulator
 //! → the whole bridge → an MQTT 3.1.1 sink with the same window. Each run
 //! gets a fresh subscriber (QoS 1, its own topic prefix); the rate is
 //! N / (time from before the producer or bridge connects to the
@@ -20,7 +23,8 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::oneshot;
 
-use crate::bench_common::{credit, emulator, forward, source_yaml, write_ca, BareLink};
+use crate::bench_common::forwarder::forward;
+use crate::bench_common::{credit, emulator, source_yaml, write_ca, BareLink};
 use crate::subscriber::Subscriber;
 use crate::{cpu, limit, Row, Run, Shortfalls};
 
@@ -47,6 +51,18 @@ pub fn payloads(n: u64, prefix: &str) -> Vec<(String, Bytes)> {
         .collect()
 }
 
+/// A QoS 1 publisher's options: at most [`window`] publishes unacknowledged
+/// (rumqttc's own `inflight`), clean session.
+fn options(port: u16, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(std::time::Duration::from_secs(30))
+        .set_inflight(window())
+        .set_max_packet_size(1 << 20, 1 << 20);
+    options
+}
+
 /// A direct rumqttc producer: QoS 1 with at most [`window`] publishes
 /// unacknowledged (rumqttc's own `inflight`), its event loop on a task.
 pub struct Producer {
@@ -57,13 +73,8 @@ pub struct Producer {
 impl Producer {
     /// Starts connecting; `total` is the number of PUBACKs to wait for.
     pub fn connect(port: u16, client_id: &str, total: u64) -> Producer {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options
-            .set_clean_session(true)
-            .set_keep_alive(std::time::Duration::from_secs(30))
-            .set_inflight(window())
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, window() as usize * 2);
+        let (client, mut eventloop) =
+            AsyncClient::new(options(port, client_id), window() as usize * 2);
         let events = tokio::spawn(async move {
             let mut acked = 0u64;
             while acked < total {
@@ -120,11 +131,12 @@ async fn direct(port: u16, n: u64, run: &str) -> Run {
         eprintln!("bench: direct MQTT producer: {acked} of {n} acknowledged");
     }
     let nth = subscriber.wait(limit(n)).await;
-    let cpu = meter.stop();
+    let usage = meter.stop();
     Run {
         delivered: subscriber.count(),
         elapsed: nth.unwrap_or_else(Instant::now) - started,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 
@@ -156,13 +168,10 @@ async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
         credit().max(window() as u32),
     )
     .await;
-    let mut options = MqttOptions::new(format!("bench-forwarder-{run}"), "127.0.0.1", port);
-    options
-        .set_clean_session(true)
-        .set_keep_alive(std::time::Duration::from_secs(30))
-        .set_inflight(window())
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, window() as usize * 2);
+    let (client, mut eventloop) = AsyncClient::new(
+        options(port, &format!("bench-forwarder-{run}")),
+        window() as usize * 2,
+    );
     let unacked: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
     let events = tokio::spawn({
         let unacked = unacked.clone();
@@ -189,18 +198,24 @@ async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
         let unacked = unacked.clone();
         let topic = format!("{prefix}{}", message.topic);
         async move {
+            // Queued before the publish, so its PUBACK cannot come first;
+            // taken back if the publish is refused (nothing else was
+            // queued meanwhile: `forward` awaits one submit at a time).
             let (acked, on_puback) = oneshot::channel();
             unacked.lock().expect("FIFO").push_back(acked);
             let queued = client
                 .publish_bytes(topic, QoS::AtLeastOnce, false, message.body)
                 .await
                 .is_ok();
+            if !queued {
+                unacked.lock().expect("FIFO").pop_back();
+            }
             async move { queued && on_puback.await.is_ok() }
         }
     });
     let _ = tokio::time::timeout(limit(n), accepted).await;
     let nth = subscriber.wait(limit(n)).await;
-    let cpu = meter.stop();
+    let usage = meter.stop();
     let _ = client.try_disconnect();
     events.abort();
     link.close().await;
@@ -208,7 +223,8 @@ async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
     Run {
         delivered: subscriber.count(),
         elapsed: nth.unwrap_or_else(Instant::now) - started,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 
@@ -252,14 +268,15 @@ async fn bridge(port: u16, n: u64, run: &str, dir: &Path) -> Run {
     let bridge = Bridge::start(&config).await.expect("bridge starts");
     let nth = subscriber.wait(limit(n)).await;
     let elapsed = nth.unwrap_or_else(Instant::now) - started;
-    let cpu = meter.stop();
+    let usage = meter.stop();
     let _ = tokio::time::timeout(limit(n), emulator.all_accepted()).await;
     bridge.shutdown().await;
     emulator.shutdown().await;
     Run {
         delivered: subscriber.count(),
         elapsed,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 

@@ -14,20 +14,22 @@ use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
 pub async fn baseline(n: u64, dir: &Path) -> Run {
     let mut samples = Vec::new();
     let done = bare_receiver(n, dir, limit(n), || samples.push(cpu::sample())).await;
-    let cpu = match samples.as_slice() {
+    let usage = match samples.as_slice() {
         [before, after] => cpu::delta(before, after),
-        _ => Vec::new(),
+        _ => cpu::Usage::default(),
     };
     match done {
         Some(elapsed) => Run {
             delivered: n,
             elapsed,
-            cpu,
+            cpu: usage.cpu,
+            runs: usage.runs,
         },
         None => Run {
             delivered: 0,
             elapsed: limit(n),
-            cpu,
+            cpu: usage.cpu,
+            runs: usage.runs,
         },
     }
 }
@@ -41,11 +43,12 @@ pub async fn bridge(n: u64, dir: &Path) -> Run {
         source = source_yaml(&emulator, &ca, "bench-null"),
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let (elapsed, cpu, stats) = bridge_until_accepted(&config, emulator, n).await;
+    let (elapsed, usage, stats) = bridge_until_accepted(&config, emulator, n).await;
     Run {
         delivered: stats.accepted,
         elapsed,
-        cpu,
+        cpu: usage.cpu,
+        runs: usage.runs,
     }
 }
 

@@ -134,7 +134,8 @@ impl ClientContext for SinkContext {
     }
 }
 
-/// Runs on librdkafka's polling thread: the report goes to the runtime.
+/// Runs on whichever thread polls the producer (its polling thread, a
+/// flush, the last drop): the report goes to the runtime.
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = Waiter;
 

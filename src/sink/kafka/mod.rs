@@ -1,4 +1,4 @@
-//! Kafka sink (rdkafka `FutureProducer`): a record resolves only on its
+//! Kafka sink (rdkafka `ThreadedProducer`): a record resolves only on its
 //! delivery report. acks=all and idempotence are on unless the configuration
 //! says otherwise. A full local queue waits (backpressure), it is not a failure.
 //!

@@ -20,8 +20,9 @@ use super::missing_topics::MissingTopics;
 use crate::sink::{Destination, Outgoing, Sink, SinkBuildError, SinkError, SinkKind};
 
 /// The producer type: librdkafka's callbacks, delivery reports included,
-/// go through [`SinkContext`]. Shared with the sends and the metadata probe.
-type SinkProducer = Arc<ThreadedProducer<SinkContext>>;
+/// go through [`SinkContext`]. A clone shares the producer (and its
+/// polling thread) with the sends and the metadata probe.
+type SinkProducer = ThreadedProducer<SinkContext>;
 
 /// How long a send waits before trying again when librdkafka's local queue
 /// is full (what rdkafka's `FutureProducer` waited too).
@@ -64,8 +65,9 @@ impl KafkaSink {
         let context = SinkContext::new(Arc::from(name), client::secrets(&client), reports);
         let producer: SinkProducer = client
             .create_with_context(context.clone())
-            .map(Arc::new)
             .map_err(|e| invalid(format!("Kafka producer: {}", redacted(&e, &client))))?;
+        // The reports are resolved on this runtime: the sink is started and
+        // used on the bridge's one runtime.
         tokio::spawn(delivery::dispatch(receiver));
         let (ready_tx, ready) = watch::channel(false);
         let stop = CancellationToken::new();
@@ -172,11 +174,11 @@ fn replace_fatal(
     if guard.0 != generation {
         return;
     }
-    match client.create_with_context::<_, ThreadedProducer<SinkContext>>(context.clone()) {
+    match client.create_with_context::<_, SinkProducer>(context.clone()) {
         Ok(fresh) => {
             let reason = context.mask(reason);
             tracing::warn!(sink = %name, %reason, "Kafka producer hit a fatal error; replaced it");
-            *guard = (generation + 1, Arc::new(fresh));
+            *guard = (generation + 1, fresh);
         }
         Err(e) => {
             let error = redacted(&e, client);
