@@ -16,6 +16,8 @@
 //!   direct producer (`latency.rs`);
 //! - memory: the bridge as its own process, steady and with the sink
 //!   stalled (`memory.rs`);
+//! - workers: the bridge binary as its own process with 1 and 2 tokio
+//!   worker threads, MQTT (`workers.rs`);
 //! - scaling: CPU per message from 1 000 to 1 000 000 messages, null sink
 //!   (`scaling.rs`, on request).
 //!
@@ -40,6 +42,7 @@ mod mqtt;
 mod null_sink;
 mod scaling;
 mod subscriber;
+mod workers;
 
 use std::path::Path;
 use std::time::Duration;
@@ -132,7 +135,8 @@ struct Args {
     memory: Option<(std::path::PathBuf, u64)>,
     /// N of the scaling table (`--scaling N,N,...`).
     scaling: Vec<u64>,
-    /// Which of null, mqtt, kafka, latency to run (`--rows`; default all).
+    /// Which of null, mqtt, kafka, latency, workers to run (`--rows`;
+    /// default all; `workers` needs `--memory BIN` for the bridge binary).
     rows: Vec<String>,
     kafka_window: Option<usize>,
     kafka_sink: Option<String>,
@@ -148,7 +152,7 @@ fn args() -> Args {
         latency_seconds: 0.0,
         memory: None,
         scaling: Vec::new(),
-        rows: ["null", "mqtt", "kafka", "latency"]
+        rows: ["null", "mqtt", "kafka", "latency", "workers"]
             .map(String::from)
             .to_vec(),
         kafka_window: None,
@@ -196,7 +200,7 @@ fn args() -> Args {
                 bench_common::CREDIT.store(credit, std::sync::atomic::Ordering::Relaxed);
             }
             "--rows" => {
-                let rows = it.next().expect("--rows null,mqtt,kafka,latency");
+                let rows = it.next().expect("--rows null,mqtt,kafka,latency,workers");
                 args.rows = rows.split(',').map(str::to_string).collect();
             }
             "--pid" => {
@@ -354,7 +358,7 @@ fn main() {
     .expect("temporary directory");
     let n = args.n;
     let mut short = Shortfalls::default();
-    let (rows, latency_rows, memory, scaling) = runtime.block_on(async {
+    let (rows, latency_rows, memory, scaling, workers) = runtime.block_on(async {
         let wanted = |row: &str| args.rows.iter().any(|r| r == row);
         let mut rows = Vec::new();
         if wanted("null") {
@@ -389,8 +393,15 @@ fn main() {
             (Some(_), _, _) => panic!("--memory needs --mqtt PORT and --pid mosquitto=PID"),
             _ => None,
         };
+        // The bridge binary of `--memory` runs as its own process here too.
+        let workers = match (&args.memory, args.mqtt_port) {
+            (Some((bin, _)), Some(port)) if wanted("workers") => {
+                workers::measure(bin, port, n, dir.path(), &mut short).await
+            }
+            _ => Vec::new(),
+        };
         let scaling = scaling::measure(&args.scaling, dir.path(), &mut short).await;
-        (rows, latency_rows, memory, scaling)
+        (rows, latency_rows, memory, scaling, workers)
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     print_table(&rows, description);
@@ -398,6 +409,7 @@ fn main() {
     if let Some(memory) = &memory {
         memory::print_table(memory);
     }
+    workers::print_table(&workers);
     scaling::print_table(&scaling);
     if !short.0.is_empty() {
         println!();

@@ -43,7 +43,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-fn signal(pid: &str, signal: &str) {
+pub fn signal(pid: &str, signal: &str) {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid)
@@ -69,7 +69,7 @@ async fn until(emulator: &Emulator, limit: Duration, done: impl Fn(u64, i64) -> 
 }
 
 /// Stops the child with SIGTERM (the bridge drains), killing it after 30 s.
-async fn stop(mut child: Child) {
+pub async fn stop(mut child: Child) {
     signal(&child.id().to_string(), "TERM");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -1,0 +1,145 @@
+//! The bridge as its own process (`amqp-bridge run`, the release binary)
+//! with 1 and with 2 tokio worker threads (`TOKIO_WORKER_THREADS`, which
+//! tokio's default runtime reads), MQTT QoS 1 into Mosquitto: the emulator
+//! stays in the bench process and pushes N messages as fast as credit
+//! allows; the rate is N / (the bridge's start → the subscriber's N-th
+//! arrival). The in-process rows showed the bridge paying more on two
+//! workers than on one thread (its messages cross tasks, and idle workers
+//! wake to steal them); this row says what that means for the binary
+//! people run, with its CPU measured apart from the emulator's.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::bench_common::{emulator, process_cpu, source_yaml, write_ca};
+use crate::memory::stop;
+use crate::mqtt::bridge_yaml;
+use crate::subscriber::Subscriber;
+use crate::{cpu, grouped, limit, Shortfalls};
+
+/// One run of the bridge process.
+pub struct WorkersRun {
+    pub workers: u32,
+    pub n: u64,
+    pub delivered: u64,
+    pub seconds: f64,
+    /// CPU of the bridge process, and of the bench process (the emulator
+    /// and the subscriber), in seconds.
+    pub bridge_cpu: f64,
+    pub bench_cpu: f64,
+}
+
+async fn run(bin: &Path, workers: u32, port: u16, n: u64, tag: &str, dir: &Path) -> WorkersRun {
+    let emulator = emulator(n, 0).await;
+    let ca = write_ca(&emulator, dir);
+    let prefix = format!("bench/workers/{tag}");
+    let text = bridge_yaml(
+        &source_yaml(&emulator, &ca, &format!("bench-workers-{tag}")),
+        port,
+        &format!("bench-workers-bridge-{tag}"),
+        &prefix,
+        crate::mqtt::window() as usize,
+    );
+    let config = dir.join(format!("workers-{tag}.yaml"));
+    std::fs::write(&config, text).expect("write the bridge's config");
+    let subscriber = Subscriber::start(
+        port,
+        &format!("bench-sub-workers-{tag}"),
+        &format!("{prefix}/#"),
+        n,
+        false,
+    );
+    let log = std::fs::File::create(dir.join(format!("workers-{tag}.log"))).expect("bridge log");
+    let meter = cpu::Meter::start();
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env("TOKIO_WORKER_THREADS", workers.to_string())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let pid = child.id().to_string();
+    let nth = subscriber.wait(limit(n)).await;
+    let seconds = (nth.unwrap_or_else(Instant::now) - started).as_secs_f64();
+    let bridge_cpu = process_cpu(&pid).as_secs_f64();
+    let bench_cpu = meter.stop().cpu.first().map_or(0.0, |c| c.as_secs_f64());
+    stop(child).await;
+    emulator.shutdown().await;
+    WorkersRun {
+        workers,
+        n,
+        delivered: subscriber.count(),
+        seconds,
+        bridge_cpu,
+        bench_cpu,
+    }
+}
+
+/// 1 and 2 workers, alternately, twice each, after a warm-up of N/10 each.
+pub async fn measure(
+    bin: &Path,
+    port: u16,
+    n: u64,
+    dir: &Path,
+    short: &mut Shortfalls,
+) -> Vec<WorkersRun> {
+    let warm = (n / 10).max(1);
+    eprintln!("bench: bridge process by workers, warm-up {warm}");
+    for workers in [1, 2] {
+        let tag = format!("w{workers}");
+        let run = run(bin, workers, port, warm, &tag, dir).await;
+        if run.delivered < warm {
+            short.0.push(format!(
+                "workers warm-up {workers}: {} of {warm} delivered",
+                run.delivered
+            ));
+        }
+    }
+    eprintln!("bench: bridge process by workers, {n}");
+    let mut runs = Vec::new();
+    for round in 1..=2 {
+        for workers in [1, 2] {
+            let tag = format!("m{workers}r{round}");
+            let run = run(bin, workers, port, n, &tag, dir).await;
+            if run.delivered < n {
+                short.0.push(format!(
+                    "workers {workers}: {} of {n} delivered",
+                    run.delivered
+                ));
+            }
+            runs.push(run);
+        }
+    }
+    runs
+}
+
+pub fn print_table(runs: &[WorkersRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "The bridge as its own process (release `amqp-bridge run`), MQTT QoS 1 → Mosquitto, \
+         window {}, by tokio worker threads (TOKIO_WORKER_THREADS); the emulator and the \
+         subscriber in the bench process:",
+        crate::mqtt::window()
+    );
+    println!();
+    println!("| workers | N | rate | bridge process CPU | bridge µs/msg | bench process µs/msg |");
+    println!("|---|---|---|---|---|---|");
+    for run in runs {
+        println!(
+            "| {} | {} | {} msg/s | {:.0} % | {:.1} | {:.1} |",
+            run.workers,
+            grouped(run.n as f64),
+            grouped(run.delivered as f64 / run.seconds),
+            run.bridge_cpu / run.seconds * 100.0,
+            run.bridge_cpu * 1e6 / run.n as f64,
+            run.bench_cpu * 1e6 / run.n as f64,
+        );
+    }
+}
