@@ -5,8 +5,9 @@
 # baselines (a direct producer; a hand-written forwarder) measured in the
 # same run; the CPU each process used; MQTT latency at
 # 1 000 and 10 000 msg/s offered (5 s each); the bridge's memory as its own
-# process, steady and with 10 000 messages held by a frozen Mosquitto —
-# then stops the brokers.
+# process, steady and with 10 000 messages held by a frozen Mosquitto; the
+# bridge binary as its own process with 1 and 2 tokio workers — then stops
+# the brokers.
 #
 #   scripts/bench.sh [N]       N messages per measured run (default 50000)
 #   scripts/bench.sh --scaling adds CPU per message at N = 1 000 … 1 000 000
@@ -20,7 +21,8 @@
 #
 # BENCH_BIN=PATH runs another build of examples/bench (before/after
 # comparisons), BENCH_BRIDGE=PATH another bridge binary (or a wrapper such
-# as valgrind's) in the memory phase, BENCH_WRAP="valgrind ..." prefixes the
+# as valgrind's, which must exec it) in the memory phase only (the workers
+# row always runs this tree's binary), BENCH_WRAP="valgrind ..." prefixes the
 # bench process (callgrind of a whole row).
 #
 # BENCH_ROCKETMQ=1 adds scripts/bench-rocketmq.sh's comparison afterwards as
@@ -120,7 +122,7 @@ for topic in bench.direct.w bench.direct.m bench.forwarder.w bench.forwarder.m b
 done
 
 ${BENCH_WRAP:-} "$bin" "$n" --mqtt "$mqtt_port" --kafka "127.0.0.1:$kafka_port" --latency-seconds "$latency_seconds" \
-  --memory "${BENCH_BRIDGE:-$bridge}" "$in_flight" ${scaling[@]+"${scaling[@]}"} \
+  --memory "${BENCH_BRIDGE:-$bridge}" "$in_flight" --bridge "$bridge" ${scaling[@]+"${scaling[@]}"} \
   --pid "mosquitto=$mosquitto_pid" --pid "tansu=$tansu_pid" ${extra[@]+"${extra[@]}"}
 
 if [ "${BENCH_ROCKETMQ:-0}" = 1 ]; then

@@ -28,8 +28,8 @@
 //!   cargo run --release --example bench --features blackhole-sink -- \
 //!       [N] [--mqtt PORT] [--kafka HOST:PORT] [--latency-seconds S] \
 //!       [--mqtt-window W] [--kafka-window W] [--kafka-sink 'linger: 20ms, ...'] \
-//!       [--credit C] [--rows null,mqtt,kafka,latency] \
-//!       [--memory BRIDGE_BIN IN_FLIGHT] [--scaling N,N,...] \
+//!       [--credit C] [--rows null,mqtt,kafka,latency,workers] \
+//!       [--memory BRIDGE_BIN IN_FLIGHT] [--bridge BRIDGE_BIN] [--scaling N,N,...] \
 //!       [--pid NAME=PID]... [--current-thread]
 
 #[path = "../bench_common/mod.rs"]
@@ -70,7 +70,7 @@ pub struct Row {
     pub name: String,
     pub n: u64,
     pub baseline: Run,
-    /// The hand-written forwarder (`bench_common::forward`): the same
+    /// The hand-written forwarder (`bench_common::forwarder::forward`): the same
     /// source and broker, no bridge; rows with a broker have one.
     pub forwarder: Option<Run>,
     pub bridge: Run,
@@ -133,10 +133,12 @@ struct Args {
     /// The bridge binary for the memory figures (`--memory BIN IN_FLIGHT`,
     /// needs `--mqtt` and `--pid mosquitto=PID`).
     memory: Option<(std::path::PathBuf, u64)>,
+    /// The bridge binary the workers row runs (`--bridge BIN`).
+    bridge: Option<std::path::PathBuf>,
     /// N of the scaling table (`--scaling N,N,...`).
     scaling: Vec<u64>,
     /// Which of null, mqtt, kafka, latency, workers to run (`--rows`;
-    /// default all; `workers` needs `--memory BIN` for the bridge binary).
+    /// default all; `workers` needs `--bridge BIN`).
     rows: Vec<String>,
     kafka_window: Option<usize>,
     kafka_sink: Option<String>,
@@ -151,6 +153,7 @@ fn args() -> Args {
         watched: cpu::Watched::default(),
         latency_seconds: 0.0,
         memory: None,
+        bridge: None,
         scaling: Vec::new(),
         rows: ["null", "mqtt", "kafka", "latency", "workers"]
             .map(String::from)
@@ -180,6 +183,7 @@ fn args() -> Args {
                 let in_flight = it.next().and_then(|n| n.parse().ok());
                 args.memory = Some((bin.into(), in_flight.expect("--memory BIN IN_FLIGHT")));
             }
+            "--bridge" => args.bridge = Some(it.next().expect("--bridge BINARY").into()),
             "--scaling" => {
                 let sizes = it.next().expect("--scaling N,N,...");
                 args.scaling = sizes
@@ -257,7 +261,8 @@ fn print_table(rows: &[Row], runtime: &str) {
     println!(
         "Runtime: {runtime}; source credit {} for the bridge and the bare receiver, \
          the forwarders' credit = their window (fe2o3 refills credit on settlement, so \
-         credit bounds what they hold unsettled; the bridge's max_in_flight does that); \
+         credit bounds what they hold unsettled; the bridge's max_in_flight does that; \
+         the larger of the two with --credit); \
          each side after a warm-up of N/10.",
         bench_common::CREDIT.load(std::sync::atomic::Ordering::Relaxed)
     );
@@ -357,25 +362,30 @@ fn main() {
     }
     .expect("temporary directory");
     let n = args.n;
-    let mut short = Shortfalls::default();
-    let (rows, latency_rows, memory, scaling, workers) = runtime.block_on(async {
+    let path = dir.path().to_path_buf();
+    // Spawned, not run in `block_on`: every side then runs on the same
+    // worker threads (a side driven by `block_on` would get the main
+    // thread as a third one).
+    let work = runtime.spawn(async move {
+        let mut short = Shortfalls::default();
+        let dir = path.as_path();
         let wanted = |row: &str| args.rows.iter().any(|r| r == row);
         let mut rows = Vec::new();
         if wanted("null") {
-            rows.push(null_sink::row(n, dir.path(), &mut short).await);
+            rows.push(null_sink::row(n, dir, &mut short).await);
         }
         if let Some(port) = args.mqtt_port.filter(|_| wanted("mqtt")) {
-            rows.push(mqtt::row(n, port, dir.path(), &mut short).await);
+            rows.push(mqtt::row(n, port, dir, &mut short).await);
         }
         if let Some(brokers) = args.kafka.as_ref().filter(|_| wanted("kafka")) {
-            rows.push(kafka::row(n, brokers, dir.path(), &mut short).await);
+            rows.push(kafka::row(n, brokers, dir, &mut short).await);
         }
         let mut latency_rows = Vec::new();
         let latency = args.latency_seconds > 0.0 && wanted("latency");
         if let Some(port) = args.mqtt_port.filter(|_| latency) {
             for rate in LATENCY_RATES {
                 let n = ((rate as f64 * args.latency_seconds) as u64).max(10);
-                latency_rows.push(latency::row(rate, n, port, dir.path(), &mut short).await);
+                latency_rows.push(latency::row(rate, n, port, dir, &mut short).await);
             }
         }
         let mosquitto = args
@@ -388,21 +398,22 @@ fn main() {
         let memory_run = args.memory.as_ref().filter(|(_, in_flight)| *in_flight > 0);
         let memory = match (memory_run, args.mqtt_port, mosquitto) {
             (Some((bin, in_flight)), Some(port), Some(pid)) => {
-                Some(memory::measure(bin, port, &pid, *in_flight, dir.path(), &mut short).await)
+                Some(memory::measure(bin, port, &pid, *in_flight, dir, &mut short).await)
             }
             (Some(_), _, _) => panic!("--memory needs --mqtt PORT and --pid mosquitto=PID"),
             _ => None,
         };
-        // The bridge binary of `--memory` runs as its own process here too.
-        let workers = match (&args.memory, args.mqtt_port) {
-            (Some((bin, _)), Some(port)) if wanted("workers") => {
-                workers::measure(bin, port, n, dir.path(), &mut short).await
+        let workers = match (&args.bridge, args.mqtt_port) {
+            (Some(bin), Some(port)) if wanted("workers") => {
+                workers::measure(bin, port, n, dir, &mut short).await
             }
             _ => Vec::new(),
         };
-        let scaling = scaling::measure(&args.scaling, dir.path(), &mut short).await;
-        (rows, latency_rows, memory, scaling, workers)
+        let scaling = scaling::measure(&args.scaling, dir, &mut short).await;
+        (rows, latency_rows, memory, scaling, workers, short)
     });
+    let (rows, latency_rows, memory, scaling, workers, short) =
+        runtime.block_on(work).expect("the benchmark's task");
     runtime.shutdown_timeout(Duration::from_secs(5));
     print_table(&rows, description);
     latency::print_table(&latency_rows);

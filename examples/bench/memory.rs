@@ -68,19 +68,73 @@ async fn until(emulator: &Emulator, limit: Duration, done: impl Fn(u64, i64) -> 
     }
 }
 
-/// Stops the child with SIGTERM (the bridge drains), killing it after 30 s.
-pub async fn stop(mut child: Child) {
-    signal(&child.id().to_string(), "TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// A bridge running as a child process; killed if dropped still running
+/// (a panic or an early return must not leave it reconnecting).
+pub struct BridgeProcess(Option<Child>);
+
+impl BridgeProcess {
+    /// Starts `bin run --config CONFIG` with `env`, its stderr into `log`.
+    pub fn spawn(bin: &Path, config: &Path, log: &Path, env: &[(&str, String)]) -> BridgeProcess {
+        let log = std::fs::File::create(log).expect("bridge log");
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        BridgeProcess(Some(child))
     }
-    eprintln!("bench: the bridge did not stop within 30 s; killed");
-    let _ = child.kill();
-    let _ = child.wait();
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Resolves when the process has ended (polled every 100 ms).
+    pub async fn exited(&mut self) {
+        loop {
+            match self.0.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM (the bridge drains), killing it after 30 s.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        signal(&child.id().to_string(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("bench: the bridge did not stop within 30 s; killed");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last lines of a bridge's log, for a run that fell short.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 pub async fn measure(
@@ -110,17 +164,8 @@ pub async fn measure(
     );
     let config = dir.join("memory.yaml");
     std::fs::write(&config, text).expect("write the bridge's config");
-    let log = std::fs::File::create(dir.join("memory-bridge.log")).expect("bridge log");
-    let child = Command::new(bridge_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bridge_bin.display()));
-    let pid = child.id();
+    let child = BridgeProcess::spawn(bridge_bin, &config, &dir.join("memory-bridge.log"), &[]);
+    let pid = child.pid();
     eprintln!("bench: memory, steady {steady} at {RATE} msg/s");
     let mut result = Memory {
         in_flight_limit,
@@ -156,7 +201,7 @@ pub async fn measure(
             "memory: fewer than {total} accepted after the stall"
         ));
     }
-    stop(child).await;
+    child.stop().await;
     emulator.shutdown().await;
     result
 }

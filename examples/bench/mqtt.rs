@@ -187,6 +187,8 @@ async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
                     Ok(_) => {}
                     Err(e) => {
                         eprintln!("bench: MQTT forwarder: {e}");
+                        // No PUBACK comes now: the waiting publishes fail.
+                        unacked.lock().expect("FIFO").clear();
                         return;
                     }
                 }

@@ -9,11 +9,10 @@
 //! people run, with its CPU measured apart from the emulator's.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::bench_common::{emulator, process_cpu, source_yaml, write_ca};
-use crate::memory::stop;
+use crate::memory::{log_tail, BridgeProcess};
 use crate::mqtt::bridge_yaml;
 use crate::subscriber::Subscriber;
 use crate::{cpu, grouped, limit, Shortfalls};
@@ -28,6 +27,8 @@ pub struct WorkersRun {
     /// and the subscriber), in seconds.
     pub bridge_cpu: f64,
     pub bench_cpu: f64,
+    /// The second watched process (Mosquitto in `scripts/bench.sh`).
+    pub mosquitto_cpu: f64,
 }
 
 async fn run(bin: &Path, workers: u32, port: u16, n: u64, tag: &str, dir: &Path) -> WorkersRun {
@@ -50,32 +51,41 @@ async fn run(bin: &Path, workers: u32, port: u16, n: u64, tag: &str, dir: &Path)
         n,
         false,
     );
-    let log = std::fs::File::create(dir.join(format!("workers-{tag}.log"))).expect("bridge log");
+    let log = dir.join(format!("workers-{tag}.log"));
     let meter = cpu::Meter::start();
     let started = Instant::now();
-    let child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env("TOKIO_WORKER_THREADS", workers.to_string())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    let pid = child.id().to_string();
-    let nth = subscriber.wait(limit(n)).await;
+    let mut child = BridgeProcess::spawn(
+        bin,
+        &config,
+        &log,
+        &[("TOKIO_WORKER_THREADS", workers.to_string())],
+    );
+    let pid = child.pid().to_string();
+    // A bridge that exits (a bad config, a refused start) ends the wait.
+    let nth = tokio::select! {
+        nth = subscriber.wait(limit(n)) => nth,
+        () = child.exited() => None,
+    };
     let seconds = (nth.unwrap_or_else(Instant::now) - started).as_secs_f64();
+    let delivered = if nth.is_some() { subscriber.count() } else { 0 };
     let bridge_cpu = process_cpu(&pid).as_secs_f64();
-    let bench_cpu = meter.stop().cpu.first().map_or(0.0, |c| c.as_secs_f64());
-    stop(child).await;
+    let usage = meter.stop();
+    if delivered < n {
+        eprintln!(
+            "bench: workers {workers}: the bridge's log ends:\n{}",
+            log_tail(&log)
+        );
+    }
+    child.stop().await;
     emulator.shutdown().await;
     WorkersRun {
         workers,
         n,
-        delivered: subscriber.count(),
+        delivered,
         seconds,
         bridge_cpu,
-        bench_cpu,
+        bench_cpu: usage.cpu.first().map_or(0.0, |c| c.as_secs_f64()),
+        mosquitto_cpu: usage.cpu.get(1).map_or(0.0, |c| c.as_secs_f64()),
     }
 }
 
@@ -129,17 +139,21 @@ pub fn print_table(runs: &[WorkersRun]) {
         crate::mqtt::window()
     );
     println!();
-    println!("| workers | N | rate | bridge process CPU | bridge µs/msg | bench process µs/msg |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| workers | N | rate | bridge process CPU | bridge µs/msg | bench process µs/msg | mosquitto µs/msg |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for run in runs {
+        let per_message = |cpu: f64| cpu * 1e6 / run.n as f64;
         println!(
-            "| {} | {} | {} msg/s | {:.0} % | {:.1} | {:.1} |",
+            "| {} | {} | {} msg/s | {:.0} % | {:.1} | {:.1} | {:.1} |",
             run.workers,
             grouped(run.n as f64),
             grouped(run.delivered as f64 / run.seconds),
             run.bridge_cpu / run.seconds * 100.0,
-            run.bridge_cpu * 1e6 / run.n as f64,
-            run.bench_cpu * 1e6 / run.n as f64,
+            per_message(run.bridge_cpu),
+            per_message(run.bench_cpu),
+            per_message(run.mosquitto_cpu),
         );
     }
 }

@@ -3,9 +3,9 @@
 //! runtime, which resolves the waiting send there: a batch of reports wakes
 //! the runtime once, not once per record from a foreign thread (which is
 //! what rdkafka's `FutureProducer` does). On a current-thread runtime that
-//! cut the Kafka path from 24.8 to 9.9 µs of CPU per message; on two
-//! workers it measured neutral (BENCHMARKS.md, "The Kafka sink's delivery
-//! reports").
+//! more than halved the Kafka path's CPU per message; on two workers the
+//! difference was within the noise (BENCHMARKS.md, "The Kafka sink's
+//! delivery reports").
 
 use rdkafka::error::KafkaError;
 use tokio::sync::{mpsc, oneshot};
