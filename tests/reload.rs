@@ -225,6 +225,17 @@ routes:
         bridge.metrics().in_flight() == MAX_IN_FLIGHT
     })
     .await;
+    // Everything settled or in flight now started on the old plan. The two
+    // sets are disjoint when nothing was settled between the reads (a copy
+    // the subscriber already saw can still be in flight, its PUBACK unread
+    // when Mosquitto froze, so "100 seen + 50 in flight" is no bound).
+    let started_on_old_plan = loop {
+        let settled = bridge.metrics().accepted();
+        let in_flight = bridge.metrics().in_flight();
+        if bridge.metrics().accepted() == settled {
+            break settled + in_flight;
+        }
+    };
     if two_reloads {
         bridge.reload(&renamed).expect("a route rename reloads");
     }
@@ -257,10 +268,15 @@ routes:
         }
         assert!(prefixes.iter().all(|(_, n)| *n == 1), "{id}: {prefixes:?}");
     }
-    eprintln!("old plan {old_plan}, new plan {new_plan}");
+    eprintln!(
+        "old plan {old_plan} ({started_on_old_plan} started on it before the reload), new plan {new_plan}"
+    );
     assert_eq!(old_plan + new_plan, N, "every message arrived");
     assert_eq!(removed.len() as u64, old_plan, "the removed sink's copies");
-    assert!(old_plan >= 100 + MAX_IN_FLIGHT, "{old_plan}");
+    assert!(
+        old_plan >= started_on_old_plan.max(100) && started_on_old_plan >= MAX_IN_FLIGHT,
+        "{old_plan} on the old plan, {started_on_old_plan} started on it before the reload"
+    );
     assert!(new_plan > 0);
     // The kept sink's connection and the subscriber's, then the added sink's.
     assert_eq!(connects, 3, "the kept sink reconnected");
