@@ -29,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::bench_common::forwarder::forward;
 use crate::bench_common::{credit, emulator, source_yaml, write_ca, BareLink};
-use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
+use crate::{bridge_until_accepted, cpu, limit, measure_sides, Row, Run, Shortfalls, Side};
 
 const DIRECT_TOPIC: &str = "bench.direct";
 const BRIDGE_TOPIC: &str = "bench.bridge";
@@ -312,40 +312,34 @@ async fn bridge(brokers: &str, n: u64, run: &str, dir: &Path) -> Run {
     }
 }
 
-/// Warm-up of N/10 on both sides, then N each.
+/// Warm-up of N/10 on every side, then N each.
 pub async fn row(n: u64, brokers: &str, dir: &Path, short: &mut Shortfalls) -> Row {
-    let warm = (n / 10).max(1);
-    eprintln!("bench: Kafka, warm-up {warm}");
-    short.check(
-        "Kafka warm-up, direct",
-        &direct(brokers, warm, "w").await,
-        warm,
-    );
-    short.check(
-        "Kafka warm-up, forwarder",
-        &forwarder(brokers, warm, "w", dir).await,
-        warm,
-    );
-    short.check(
-        "Kafka warm-up, bridge",
-        &bridge(brokers, warm, "w", dir).await,
-        warm,
-    );
-    eprintln!("bench: Kafka, {n}");
-    let base = direct(brokers, n, "m").await;
-    short.check("Kafka, direct", &base, n);
-    let hand_written = forwarder(brokers, n, "m", dir).await;
-    short.check("Kafka, forwarder", &hand_written, n);
-    let full = bridge(brokers, n, "m", dir).await;
-    short.check("Kafka, bridge", &full, n);
+    let sides: [(&str, Side); 3] = [
+        (
+            "direct",
+            Box::new(move |n, run| Box::pin(direct(brokers, n, run))),
+        ),
+        (
+            "forwarder",
+            Box::new(move |n, run| Box::pin(forwarder(brokers, n, run, dir))),
+        ),
+        (
+            "bridge",
+            Box::new(move |n, run| Box::pin(bridge(brokers, n, run, dir))),
+        ),
+    ];
+    let [baseline, forwarder, bridge] = measure_sides("Kafka", n, &sides, short)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three sides, three runs"));
     Row {
         name: format!(
             "Kafka → tansu, acks=all + idempotence, window {} (baseline: direct rdkafka FutureProducer)",
             window()
         ),
         n,
-        baseline: base,
-        forwarder: Some(hand_written),
-        bridge: full,
+        baseline,
+        forwarder: Some(forwarder),
+        bridge,
     }
 }

@@ -52,13 +52,7 @@ fn measured(subscriber: &Subscriber, run: Run) -> Measured {
 
 async fn direct(port: u16, rate: u32, n: u64, run: &str) -> Measured {
     let prefix = format!("bench/latency/direct/{run}");
-    let subscriber = Subscriber::start(
-        port,
-        &format!("bench-sub-latency-direct-{run}"),
-        &format!("{prefix}/#"),
-        n,
-        true,
-    );
+    let subscriber = Subscriber::start(port, &prefix, n, true);
     let started = Instant::now();
     let interval = Duration::from_secs(1) / rate;
     let producer = Producer::connect(port, &format!("bench-latency-direct-{run}"), n);
@@ -113,13 +107,7 @@ async fn bridge(
     // bridge_yaml appends `{topic}`; here the stamp is the whole last level.
     let text = text.replace("{generateTime}{topic}", "{generateTime}");
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let subscriber = Subscriber::start(
-        port,
-        &format!("bench-sub-latency-bridge-{run}"),
-        &format!("{prefix}/#"),
-        n,
-        true,
-    );
+    let subscriber = Subscriber::start(port, &prefix, n, true);
     let started = Instant::now();
     let bridge = Bridge::start(&config).await.expect("bridge starts");
     let nth = subscriber.wait(limit(n)).await;

@@ -47,6 +47,8 @@ mod workers;
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 /// One side of a row: how many messages arrived where they were counted,
 /// and in what time.
 #[derive(Clone, Debug)]
@@ -83,12 +85,48 @@ pub struct Shortfalls(pub Vec<String>);
 impl Shortfalls {
     /// Notes a run that delivered fewer than `n` messages.
     pub fn check(&mut self, what: &str, run: &Run, n: u64) {
-        if run.delivered < n {
-            let line = format!("{what}: {} of {n} delivered", run.delivered);
+        self.expect(what, run.delivered, n);
+    }
+
+    /// Notes `delivered` short of `n`.
+    pub fn expect(&mut self, what: &str, delivered: u64, n: u64) {
+        if delivered < n {
+            let line = format!("{what}: {delivered} of {n} delivered");
             eprintln!("bench: SHORT {line}");
             self.0.push(line);
         }
     }
+}
+
+/// One side of a row: runs `n` messages; the `&str` names the run ("w"
+/// for the warm-up, "m" for the measured one) in topics and client ids.
+pub type Side<'a> = Box<dyn Fn(u64, &'static str) -> BoxFuture<'a, Run> + Send + Sync + 'a>;
+
+/// Measures a row's sides in order, each after a warm-up of N/10, noting
+/// every run that fell short; returns the measured runs in the same order.
+pub async fn measure_sides(
+    row: &str,
+    n: u64,
+    sides: &[(&str, Side<'_>)],
+    short: &mut Shortfalls,
+) -> Vec<Run> {
+    let warm = (n / 10).max(1);
+    eprintln!("bench: {row}, warm-up {warm}");
+    for (side, run) in sides {
+        short.check(
+            &format!("{row} warm-up, {side}"),
+            &run(warm, "w").await,
+            warm,
+        );
+    }
+    eprintln!("bench: {row}, {n}");
+    let mut runs = Vec::new();
+    for (side, run) in sides {
+        let measured = run(n, "m").await;
+        short.check(&format!("{row}, {side}"), &measured, n);
+        runs.push(measured);
+    }
+    runs
 }
 
 /// Runs a bridge on `config` until `emulator` saw its `n` messages accepted

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::bench_common::forwarder::forward;
 use crate::bench_common::{credit, emulator, source_yaml, write_ca, BareLink};
 use crate::subscriber::Subscriber;
-use crate::{cpu, limit, Row, Run, Shortfalls};
+use crate::{cpu, limit, measure_sides, Row, Run, Shortfalls, Side};
 
 /// The MQTT sink's default window for MQTT 3.1.1 (`max_in_flight`).
 const DEFAULT_WINDOW: u16 = 100;
@@ -111,13 +111,7 @@ impl Producer {
 async fn direct(port: u16, n: u64, run: &str) -> Run {
     let prefix = format!("bench/direct/{run}");
     let messages = payloads(n, &prefix);
-    let subscriber = Subscriber::start(
-        port,
-        &format!("bench-sub-direct-{run}"),
-        &format!("{prefix}/#"),
-        n,
-        false,
-    );
+    let subscriber = Subscriber::start(port, &prefix, n, false);
     let meter = cpu::Meter::start();
     let started = Instant::now();
     let producer = Producer::connect(port, &format!("bench-direct-{run}"), n);
@@ -152,13 +146,7 @@ async fn forwarder(port: u16, n: u64, run: &str, dir: &Path) -> Run {
     let prefix = format!("bench/forwarder/{run}");
     let emulator = emulator(n, 0).await;
     let ca = write_ca(&emulator, dir);
-    let subscriber = Subscriber::start(
-        port,
-        &format!("bench-sub-forwarder-{run}"),
-        &format!("{prefix}/#"),
-        n,
-        false,
-    );
+    let subscriber = Subscriber::start(port, &prefix, n, false);
     let meter = cpu::Meter::start();
     let started = Instant::now();
     let mut link = BareLink::attach(
@@ -258,13 +246,7 @@ async fn bridge(port: u16, n: u64, run: &str, dir: &Path) -> Run {
         window() as usize,
     );
     let config = Config::parse(&text, Path::new("bench.yaml"), |_| None).expect("bench config");
-    let subscriber = Subscriber::start(
-        port,
-        &format!("bench-sub-bridge-{run}"),
-        &format!("{prefix}/#"),
-        n,
-        false,
-    );
+    let subscriber = Subscriber::start(port, &prefix, n, false);
     let meter = cpu::Meter::start();
     let started = Instant::now();
     let bridge = Bridge::start(&config).await.expect("bridge starts");
@@ -282,36 +264,34 @@ async fn bridge(port: u16, n: u64, run: &str, dir: &Path) -> Run {
     }
 }
 
-/// Warm-up of N/10 on both sides, then N each.
+/// Warm-up of N/10 on every side, then N each.
 pub async fn row(n: u64, port: u16, dir: &Path, short: &mut Shortfalls) -> Row {
-    let warm = (n / 10).max(1);
-    eprintln!("bench: MQTT, warm-up {warm}");
-    short.check("MQTT warm-up, direct", &direct(port, warm, "w").await, warm);
-    short.check(
-        "MQTT warm-up, forwarder",
-        &forwarder(port, warm, "w", dir).await,
-        warm,
-    );
-    short.check(
-        "MQTT warm-up, bridge",
-        &bridge(port, warm, "w", dir).await,
-        warm,
-    );
-    eprintln!("bench: MQTT, {n}");
-    let base = direct(port, n, "m").await;
-    short.check("MQTT, direct", &base, n);
-    let hand_written = forwarder(port, n, "m", dir).await;
-    short.check("MQTT, forwarder", &hand_written, n);
-    let full = bridge(port, n, "m", dir).await;
-    short.check("MQTT, bridge", &full, n);
+    let sides: [(&str, Side); 3] = [
+        (
+            "direct",
+            Box::new(move |n, run| Box::pin(direct(port, n, run))),
+        ),
+        (
+            "forwarder",
+            Box::new(move |n, run| Box::pin(forwarder(port, n, run, dir))),
+        ),
+        (
+            "bridge",
+            Box::new(move |n, run| Box::pin(bridge(port, n, run, dir))),
+        ),
+    ];
+    let [baseline, forwarder, bridge] = measure_sides("MQTT", n, &sides, short)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three sides, three runs"));
     Row {
         name: format!(
             "MQTT QoS 1 → Mosquitto, window {} (baseline: direct rumqttc producer)",
             window()
         ),
         n,
-        baseline: base,
-        forwarder: Some(hand_written),
-        bridge: full,
+        baseline,
+        forwarder: Some(forwarder),
+        bridge,
     }
 }

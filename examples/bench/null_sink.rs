@@ -9,7 +9,7 @@ use std::path::Path;
 use amqp_bridge::config::Config;
 
 use crate::bench_common::{bare_receiver, emulator, source_yaml, write_ca};
-use crate::{bridge_until_accepted, cpu, limit, Row, Run, Shortfalls};
+use crate::{bridge_until_accepted, cpu, limit, measure_sides, Row, Run, Shortfalls, Side};
 
 pub async fn baseline(n: u64, dir: &Path) -> Run {
     let mut samples = Vec::new();
@@ -54,24 +54,19 @@ pub async fn bridge(n: u64, dir: &Path) -> Run {
 
 /// Warm-up of N/10 on both sides, then N each.
 pub async fn row(n: u64, dir: &Path, short: &mut Shortfalls) -> Row {
-    let warm = (n / 10).max(1);
-    eprintln!("bench: null sink, warm-up {warm}");
-    short.check(
-        "null sink warm-up, baseline",
-        &baseline(warm, dir).await,
-        warm,
-    );
-    short.check("null sink warm-up, bridge", &bridge(warm, dir).await, warm);
-    eprintln!("bench: null sink, {n}");
-    let base = baseline(n, dir).await;
-    short.check("null sink, baseline", &base, n);
-    let full = bridge(n, dir).await;
-    short.check("null sink, bridge", &full, n);
+    let sides: [(&str, Side); 2] = [
+        ("baseline", Box::new(move |n, _| Box::pin(baseline(n, dir)))),
+        ("bridge", Box::new(move |n, _| Box::pin(bridge(n, dir)))),
+    ];
+    let [baseline, bridge] = measure_sides("null sink", n, &sides, short)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("two sides, two runs"));
     Row {
         name: "null sink (baseline: bare fe2o3 receiver)".into(),
         n,
-        baseline: base,
+        baseline,
         forwarder: None,
-        bridge: full,
+        bridge,
     }
 }

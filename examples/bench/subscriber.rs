@@ -28,11 +28,14 @@ pub fn now_us() -> u64 {
 }
 
 impl Subscriber {
-    /// Subscribes to `filter` on 127.0.0.1:`port` (clean session) and
-    /// returns once the broker confirmed the subscription; `n` is the
-    /// arrival whose time [`Subscriber::wait`] returns. With `latency`,
-    /// every arrival's latency is kept.
-    pub fn start(port: u16, client_id: &str, filter: &str, n: u64, latency: bool) -> Subscriber {
+    /// Subscribes to everything under `prefix` on 127.0.0.1:`port` (clean
+    /// session, a client id made from the prefix, which each run has its
+    /// own of) and returns once the broker confirmed the subscription; `n`
+    /// is the arrival whose time [`Subscriber::wait`] returns. With
+    /// `latency`, every arrival's latency is kept.
+    pub fn start(port: u16, prefix: &str, n: u64, latency: bool) -> Subscriber {
+        let client_id = format!("sub-{}", prefix.replace('/', "-"));
+        let filter = format!("{prefix}/#");
         let (count_tx, count) = watch::channel(0u64);
         let nth = Arc::new(Mutex::new(None));
         let latencies_us = Arc::new(Mutex::new(Vec::new()));
@@ -43,7 +46,6 @@ impl Subscriber {
             .set_clean_session(true)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20);
-        let filter = filter.to_string();
         let task_nth = nth.clone();
         let task_latencies = latencies_us.clone();
         let thread = std::thread::Builder::new()
