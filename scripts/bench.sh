@@ -106,7 +106,8 @@ log_type warning
 log_type notice
 log_type information
 CONF
-/usr/sbin/mosquitto -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
+mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+"$mosquitto" -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
 mosquitto_pid=$!
 wait_for "$mosquitto_pid" "$work/mosquitto.log" "running"
 

@@ -14,6 +14,9 @@ command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 # PyYAML: scripts/check-deploy.sh reads the compose and Kubernetes files.
 python3 -c 'import yaml' >/dev/null 2>&1 || need_apt+=(python3-yaml)
+# `kill` as a program (not the shell builtin): the tests and the benchmark
+# smoke run freeze and thaw brokers with it.
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
 # RabbitMQ 3.10 with its AMQP 1.0 plugin: the generic `amqp` source's tests
 # (tests/common/rabbitmq.rs starts a node per test; the plugin is enabled by
 # the node's own plugins file, nothing system-wide).

@@ -274,7 +274,7 @@ routes:
     assert_eq!(old_plan + new_plan, N, "every message arrived");
     assert_eq!(removed.len() as u64, old_plan, "the removed sink's copies");
     assert!(
-        old_plan >= started_on_old_plan.max(100) && started_on_old_plan >= MAX_IN_FLIGHT,
+        old_plan >= started_on_old_plan.max(100),
         "{old_plan} on the old plan, {started_on_old_plan} started on it before the reload"
     );
     assert!(new_plan > 0);

@@ -55,7 +55,7 @@ pub struct Usage {
 pub fn sample() -> Usage {
     Usage {
         cpu: WATCHED.get().map(Watched::sample).unwrap_or_default(),
-        runs: thread_runs(),
+        runs: crate::bench_common::schedstat_sum("self", 2),
     }
 }
 
@@ -70,18 +70,6 @@ pub fn delta(before: &Usage, after: &Usage) -> Usage {
             .collect(),
         runs: after.runs.saturating_sub(before.runs),
     }
-}
-
-/// schedstat's run count, summed over the bench process's live threads.
-fn thread_runs() -> u64 {
-    let tasks = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten();
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|text| text.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .sum()
 }
 
 /// What the watched processes used from `start` to `stop`.

@@ -62,11 +62,9 @@ fn sink_yaml(brokers: &str) -> String {
     format!("sinks:\n  k: {{ kind: kafka, brokers: ['{brokers}']{extra} }}\n")
 }
 
-/// The librdkafka settings the bridge's Kafka sink uses for this sink
-/// block, as `client_config` in src/sink/kafka/client.rs makes them (that
-/// module is private): the parsed block's acks, idempotence, compression
-/// and producer settings, its reconnect back-off, plaintext, raw properties
-/// last. Keep the two in step.
+/// The librdkafka settings the bridge's Kafka sink makes of this sink
+/// block (`KafkaSinkConfig::librdkafka_config`), for the direct producer
+/// and the forwarder.
 fn sink_client(brokers: &str) -> ClientConfig {
     let text = format!(
         "source: {{ kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, \
@@ -77,28 +75,9 @@ fn sink_client(brokers: &str) -> ClientConfig {
     let Some(SinkConfig::Kafka(kafka)) = config.sinks.0.get("k") else {
         panic!("no Kafka sink in the bench config");
     };
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", kafka.brokers.join(","))
-        .set("enable.idempotence", kafka.idempotence.to_string())
-        .set("acks", kafka.acks.as_str())
-        .set("compression.type", kafka.compression.as_str())
-        .set("reconnect.backoff.ms", "1000")
-        .set("reconnect.backoff.max.ms", "10000")
-        .set("security.protocol", "plaintext");
-    if let Some(linger) = &kafka.linger {
-        client.set("linger.ms", linger.0.as_millis().to_string());
-    }
-    if let Some(batch_size) = kafka.batch_size {
-        client.set("batch.size", batch_size.to_string());
-    }
-    if let Some(timeout) = &kafka.delivery_timeout {
-        client.set("message.timeout.ms", timeout.0.as_millis().to_string());
-    }
-    for (key, value) in &kafka.properties.0 {
-        client.set(key, value);
-    }
-    client
+    kafka
+        .librdkafka_config()
+        .expect("the sink's librdkafka configuration")
 }
 
 /// The three headers the sink adds: the platform's `topic`, `messageId`

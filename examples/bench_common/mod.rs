@@ -165,19 +165,19 @@ pub async fn bare_receiver(
 
 /// CPU time of every live thread of process `pid` (`self` for this one).
 pub fn process_cpu(pid: &str) -> Duration {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+    Duration::from_nanos(schedstat_sum(pid, 0))
+}
+
+/// One field of /proc/PID/task/*/schedstat summed over the live threads of
+/// process `pid`: 0 is the time on a CPU (ns), 2 how many times a thread
+/// was put on one.
+pub fn schedstat_sum(pid: &str, field: usize) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
-        .flatten()
-    {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-            nanos += text
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(nanos)
+        .flatten();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().nth(field)?.parse::<u64>().ok())
+        .sum()
 }

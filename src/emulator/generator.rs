@@ -55,36 +55,40 @@ pub struct Generator {
     seq: u64,
     count: u64,
     id_base: u64,
-    products: Vec<String>,
-    devices_per_product: u64,
+    /// The fleet's (product key, device name, iotId), made once: message n
+    /// comes from device n modulo the fleet.
+    devices: Vec<(String, String, String)>,
 }
+
+/// Product keys of the generated fleet, 50 devices each.
+const PRODUCTS: [&str; 3] = ["a1ThermoX7k", "a1MeterQ2Lz", "a1GatewayP9"];
+const DEVICES_PER_PRODUCT: usize = 50;
 
 impl Generator {
     /// A generator whose message ids are unique for this run.
     pub fn new(count: u64) -> Self {
         let secs = now_ms() / 1000;
+        // Device n is product n % 3's device n / 3 (% 50), as the messages
+        // have always cycled through them.
+        let devices = (0..PRODUCTS.len() * DEVICES_PER_PRODUCT)
+            .map(|n| {
+                let pk = PRODUCTS[n % PRODUCTS.len()];
+                let dn = format!("device-{:04}", n / PRODUCTS.len());
+                let iot_id = format!("{pk}{dn}00").replace('-', "");
+                (pk.to_string(), dn, iot_id)
+            })
+            .collect();
         Generator {
             seq: 0,
             count,
             // 19 digits like the platform's ids: seconds, then a sequence number.
             id_base: secs * 1_000_000_000,
-            products: vec![
-                "a1ThermoX7k".to_string(),
-                "a1MeterQ2Lz".to_string(),
-                "a1GatewayP9".to_string(),
-            ],
-            devices_per_product: 50,
+            devices,
         }
     }
 
-    fn device(&self, n: u64) -> (String, String, String) {
-        let pk = &self.products[(n % self.products.len() as u64) as usize];
-        let dn = format!(
-            "device-{:04}",
-            (n / self.products.len() as u64) % self.devices_per_product
-        );
-        let iot_id = format!("{pk}{dn}00").replace('-', "");
-        (pk.clone(), dn, iot_id)
+    fn device(&self, n: u64) -> &(String, String, String) {
+        &self.devices[(n % self.devices.len() as u64) as usize]
     }
 }
 
@@ -401,7 +405,7 @@ mod tests {
             let body: serde_json::Value = serde_json::from_slice(&m.body)
                 .unwrap_or_else(|e| panic!("seq {seq}: {e}: {:?}", m.body));
             let now = m.generate_time;
-            let (pk, dn, iot_id) = g.device(seq);
+            let (pk, dn, iot_id) = g.device(seq).clone();
             let request_id = seq.to_string();
             let expected = match seq {
                 0..=13 => {

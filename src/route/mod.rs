@@ -227,7 +227,7 @@ mod tests {
     use crate::config::Config;
 
     fn router(routes: &str) -> Router {
-        router_with("  s: { kind: stdout }\n", routes, "accept")
+        router_with("  s: { kind: stdout }\n", routes, "release")
     }
 
     fn envelope(topic: &str, props: &[(&str, &str)], body: &str) -> Envelope {

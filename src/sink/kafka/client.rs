@@ -96,6 +96,16 @@ pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, ClientCon
     Ok(client)
 }
 
+impl KafkaSinkConfig {
+    /// The librdkafka configuration the sink makes of this block, so the
+    /// benchmark's direct producer runs with exactly the sink's settings.
+    /// Not a stable interface.
+    #[doc(hidden)]
+    pub fn librdkafka_config(&self) -> Result<ClientConfig, String> {
+        client_config(self).map_err(|e| e.to_string())
+    }
+}
+
 fn readable(key: &'static str, path: &Path) -> Result<(), ClientConfigError> {
     std::fs::File::open(path)
         .map(drop)
