@@ -7,7 +7,7 @@
 #
 # BINARY must run on Debian bookworm's glibc (2.36); a `cargo build` on
 # bookworm does. Safe to run again and again; a repeat run takes seconds:
-#   - installs podman, runc and debootstrap when missing (apt-get, like
+#   - installs podman, runc, slirp4netns and debootstrap when missing (apt-get, like
 #     scripts/install-test-deps.sh);
 #   - writes a containers.conf that works without systemd (cgroupfs, runc, no
 #     default ulimits) to /etc/amqp-bridge-podman/containers.conf (root) or
@@ -53,6 +53,10 @@ need_apt=()
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+# podman's user-mode network helper: only "recommended" by Debian's podman,
+# so --no-install-recommends leaves it out, and `podman run --network
+# slirp4netns:…` (tests/container.rs) fails with "could not find slirp4netns".
+command -v slirp4netns >/dev/null 2>&1 || need_apt+=(slirp4netns)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   $SUDO apt-get update -qq
