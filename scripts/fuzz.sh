@@ -4,7 +4,8 @@
 # New inputs go to a scratch directory, so the committed corpus only changes
 # when someone minimises a long run into it (see fuzz/README.md). A crash
 # stops the script; libFuzzer leaves the input in fuzz/artifacts/<target>.
-#   scripts/fuzz.sh 30             # every target, 30 s each (the test script)
+#   scripts/fuzz.sh 30             # every target, 30 s each (by hand; CI replays
+#                                  # the corpus in tests/fuzz_corpus.rs instead)
 #   scripts/fuzz.sh 0 config 10000000   # one target, 10 M executions, no time limit
 #   scripts/fuzz.sh build               # only build the targets
 # libFuzzer needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable

@@ -118,6 +118,10 @@ struct EmulateArgs {
     /// is still outstanding (the platform's ack timeout is 30s); off when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
     ack_timeout: Option<Duration>,
+    /// Push every message a second time right after the first, before its
+    /// outcome (an ack-timeout redelivery on demand, to see dedup at work).
+    #[arg(long)]
+    push_twice: bool,
     /// Close a connection that has not attached a receiver link by then.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     receiver_deadline: Duration,
@@ -171,6 +175,7 @@ impl EmulateArgs {
             messages: self.messages.clone(),
             redeliver_after: self.redeliver_after,
             ack_timeout: self.ack_timeout,
+            push_twice: self.push_twice,
             receiver_deadline: self.receiver_deadline,
             max_skew: self.max_skew,
             cert: self.cert.clone().zip(self.key.clone()),

@@ -248,20 +248,9 @@ retry: {{ initial: 50ms, max: 500ms }}
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
-    // A sentinel published after everything else marks when the rest is
-    // through, in the broker's log and at the subscriber. The log is read from
-    // a pipe on its own thread and can trail the PUBACKs (and so the accepts)
-    // by tens of milliseconds on a busy machine; Mosquitto logs in order, so
-    // once the reader has the sentinel's line it has every line before it.
-    publish_once(broker.port, "k/sentinel").await;
-    eventually("the broker log reader to reach the sentinel", 30, || {
-        broker.received.lock().unwrap().contains("k/sentinel")
-    })
-    .await;
     // The bridge's part: every message was delivered to the broker (its log
     // shows each PUBLISH received) before the source got its accept.
-    let mut received = broker.received.lock().unwrap().clone();
-    received.remove("k/sentinel");
+    let received = broker.received_when_caught_up("k/sentinel").await;
     assert_eq!(
         received.len(),
         N as usize,
@@ -295,25 +284,6 @@ retry: {{ initial: 50ms, max: 500ms }}
         u64::from(duplicates) <= 3 * MAX_IN_FLIGHT,
         "{duplicates} duplicates"
     );
-}
-
-/// Publishes one QoS 1 message straight to the broker and waits for its PUBACK.
-async fn publish_once(port: u16, topic: &str) {
-    let (client, mut eventloop) =
-        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("sentinel", "127.0.0.1", port), 10);
-    client
-        .publish(topic, rumqttc::QoS::AtLeastOnce, false, "end")
-        .await
-        .unwrap();
-    within(30, "sentinel PUBACK", async {
-        loop {
-            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = eventloop.poll().await
-            {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 /// A real MQTT 5 subscriber that keeps each publish's topic and user properties.
@@ -866,4 +836,77 @@ shutdown_timeout: 1s
     assert_eq!(stats.unsettled_at_disconnect, 0);
     assert!(stats.released >= 5, "released {}", stats.released);
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dedup_a_copy_that_failed_is_forwarded_when_redelivered() {
+    // Dedup records an id only once every copy was confirmed: a message
+    // whose first copy was refused comes back from the source and is
+    // forwarded then, not dropped as a duplicate. Mosquitto first lets
+    // anonymous clients read `v5/#` and not write it (MQTT 5 publishes are
+    // refused "not authorized", a permanent failure: released, as no dead
+    // letter is configured); a SIGHUP then reloads an ACL that allows it.
+    const N: u64 = 50;
+    let mut acl = None;
+    let broker = Mosquitto::start_with(|dir| {
+        let path = dir.join("acl");
+        std::fs::write(&path, "topic read v5/#\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        acl = Some(path.clone());
+        format!("acl_file {}", path.display())
+    });
+    let acl = acl.unwrap();
+    let subscriber = Subscriber::start(broker.port, "dedup-sub", "v5/#").await;
+    let emulator = emulator(|c| {
+        c.count = N;
+        c.redeliver_after = Duration::from_millis(100);
+    })
+    .await;
+    emulator.hold_pushes(true);
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_yaml(&emulator, dir.path(), "bridge-dedup-fail", "");
+    let config = config(
+        &source,
+        &format!(
+            r##"sinks:
+  m: {{ kind: mqtt, version: 5, url: "mqtt://127.0.0.1:{port}", client_id: dedup-out }}
+routes:
+  - name: all
+    match: {{ topic: "#" }}
+    to: [ {{ sink: m, topic: "v5/{{messageId}}" }} ]
+dedup: {{ ttl: 10m }}
+"##,
+            port = broker.port,
+        ),
+    );
+    let bridge = Bridge::start(&config).await.unwrap();
+    eventually("the bridge attached", 60, || {
+        emulator.stats().snapshot().receivers_attached == 1
+    })
+    .await;
+    emulator.hold_pushes(false);
+    eventually("every first copy refused and released", 60, || {
+        emulator.stats().snapshot().released >= N
+    })
+    .await;
+    emulator.hold_pushes(true);
+    assert_eq!(subscriber.counts().len(), 0, "a refused publish arrived");
+    write_replacing(&acl, b"topic readwrite v5/#\n");
+    broker.signal("HUP");
+    emulator.hold_pushes(false);
+    within(120, "all accepted", emulator.all_accepted()).await;
+    subscriber.wait_for_total(N, 30).await;
+    let metrics = bridge.metrics().clone();
+    bridge.shutdown().await;
+    let stats = emulator.shutdown().await;
+    assert_eq!((stats.accepted, stats.outstanding), (N, 0));
+    assert!(stats.released >= N, "{stats:?}");
+    assert_eq!(metrics.duplicates.get(), 0, "a redelivery was dropped");
+    let counts = subscriber.counts();
+    assert_eq!(counts.len() as u64, N, "distinct ids at the subscriber");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "an id arrived twice: {counts:?}"
+    );
 }

@@ -41,6 +41,9 @@ pub struct EmulatorConfig {
     /// out (the platform's ack timeout is 30 s); `None` = only after an
     /// outcome or a disconnect.
     pub ack_timeout: Option<Duration>,
+    /// Push every message a second time right after the first, before its
+    /// outcome (an ack-timeout redelivery on demand, for tests).
+    pub push_twice: bool,
     pub receiver_deadline: Duration,
     pub max_skew: Duration,
     /// PEM certificate chain and key; `None` = generate for localhost.
@@ -60,6 +63,7 @@ impl Default for EmulatorConfig {
             messages: None,
             redeliver_after: Duration::from_secs(60),
             ack_timeout: None,
+            push_twice: false,
             receiver_deadline: Duration::from_secs(15),
             max_skew: Duration::from_secs(15 * 60),
             cert: None,
@@ -127,6 +131,7 @@ impl Emulator {
         let limits = Limits {
             redeliver_after: config.redeliver_after,
             ack_timeout: config.ack_timeout,
+            push_twice: config.push_twice,
             rate: Some(config.rate).filter(|r| *r > 0),
             max_clients: 64,
             max_connections_per_client: 128,
@@ -212,6 +217,18 @@ impl Emulator {
             .collect()
     }
 
+    /// The client ids connected now (from their signed logins), each with
+    /// its number of connections, sorted; all groups.
+    pub fn clients(&self) -> Vec<(String, usize)> {
+        let mut clients: Vec<_> = self
+            .subscriptions
+            .values()
+            .flat_map(|sub| sub.clients())
+            .collect();
+        clients.sort();
+        clients
+    }
+
     /// The last passwords (signed logins) clients sent, newest last; for
     /// tests that search a bridge's output for them.
     pub fn passwords_seen(&self) -> Vec<String> {
@@ -221,6 +238,15 @@ impl Emulator {
             .lock()
             .map(|seen| seen.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Holds every push of every group, new messages and redeliveries alike
+    /// (`true`), or lets them go (`false`). Lets a test attach a client and
+    /// prepare a fault (freeze a broker, cut a connection) between pushes.
+    pub fn hold_pushes(&self, hold: bool) {
+        for sub in self.subscriptions.values() {
+            sub.hold_pushes(hold);
+        }
     }
 
     /// The live counters.

@@ -158,6 +158,10 @@ pub struct Limits {
     /// Like the platform's 30 s ack timeout: a message pushed and not settled
     /// by then is pushed again while the first copy is still outstanding.
     pub ack_timeout: Option<Duration>,
+    /// Push every message a second time right after the first, before its
+    /// outcome: the ack-timeout redelivery on demand, for tests whose
+    /// precondition is "a second copy while the first is unsettled".
+    pub push_twice: bool,
     /// Messages per second for the whole group; `None` = as fast as credit allows.
     pub rate: Option<u32>,
     pub max_clients: usize,
@@ -168,6 +172,8 @@ pub struct Limits {
 pub struct Subscription {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// While set, nothing is pushed; see [`Subscription::hold_pushes`].
+    hold: std::sync::atomic::AtomicBool,
     next_slot: Mutex<Instant>,
     limits: Limits,
     stats: Arc<Stats>,
@@ -196,6 +202,7 @@ impl Subscription {
                 clients: HashMap::new(),
             }),
             wake: Notify::new(),
+            hold: Default::default(),
             next_slot: Mutex::new(Instant::now()),
             limits,
             stats,
@@ -267,7 +274,10 @@ impl Subscription {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let wake_at = {
+            let wake_at = if self.hold.load(Ordering::Relaxed) {
+                // Released by `hold_pushes(false)`, which wakes every taker.
+                None
+            } else {
                 let mut q = self.lock();
                 let now = Instant::now();
                 while let Some(Reverse((at, id))) = q.delayed.peek().copied() {
@@ -311,6 +321,13 @@ impl Subscription {
         }
     }
 
+    /// Holds every push, new messages and redeliveries alike (`true`), or
+    /// lets them go (`false`), so a test can prepare a fault between pushes.
+    pub fn hold_pushes(&self, hold: bool) {
+        self.hold.store(hold, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
     /// A message taken but never sent goes back to the front of the queue.
     pub fn put_back(&self, pending: Pending) {
         self.lock().ready.push_front(pending);
@@ -325,6 +342,9 @@ impl Subscription {
             self.stats.outstanding.fetch_add(1, Ordering::Relaxed);
         } else {
             Stats::bump(&self.stats.redelivered);
+        }
+        if self.limits.push_twice && pending.attempts == 0 {
+            self.redeliver_at(Instant::now(), pending);
         }
         if let Some(timeout) = self.limits.ack_timeout {
             self.redeliver_at(Instant::now() + timeout, pending);
@@ -352,6 +372,12 @@ impl Subscription {
     /// Message ids accepted so far, each once, in order of acceptance.
     pub fn accepted_ids(&self) -> Vec<String> {
         self.lock().accepted_ids.clone()
+    }
+
+    /// The clients connected now, each with its number of connections.
+    pub fn clients(&self) -> Vec<(String, usize)> {
+        let q = self.lock();
+        q.clients.iter().map(|(id, n)| (id.clone(), *n)).collect()
     }
 
     /// Applies the client's outcome: accepted is done; anything else, including
@@ -422,6 +448,7 @@ mod tests {
         let limits = Limits {
             redeliver_after: Duration::from_secs(60),
             ack_timeout: None,
+            push_twice: false,
             rate: Some(10_000),
             max_clients: 64,
             max_connections_per_client: 128,

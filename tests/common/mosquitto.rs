@@ -126,6 +126,45 @@ impl Mosquitto {
         self.child = Some(child);
     }
 
+    /// Every topic the broker logged as received (see `received`), once the
+    /// log reader caught up: a sentinel is published after everything else
+    /// and waited for in the log. The log is read from a pipe on its own
+    /// thread and can trail the PUBACKs (and so the accepts) by tens of
+    /// milliseconds on a busy machine; Mosquitto logs in order, so once the
+    /// reader has the sentinel's line it has every line before it.
+    /// `sentinel` is the topic it goes to (a subscriber may wait for it too);
+    /// it is left out of the set returned.
+    pub async fn received_when_caught_up(
+        &self,
+        sentinel: &str,
+    ) -> std::collections::HashSet<String> {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(
+            rumqttc::MqttOptions::new("log-sentinel", "127.0.0.1", self.port),
+            10,
+        );
+        client
+            .publish(sentinel, rumqttc::QoS::AtLeastOnce, false, "end")
+            .await
+            .unwrap();
+        super::within(30, "sentinel PUBACK", async {
+            loop {
+                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) =
+                    eventloop.poll().await
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        super::eventually("the broker log reader to reach the sentinel", 30, || {
+            self.received.lock().unwrap().contains(sentinel)
+        })
+        .await;
+        let mut received = self.received.lock().unwrap().clone();
+        received.remove(sentinel);
+        received
+    }
+
     /// True once the broker wrote its persistence file.
     pub fn store_saved(&self) -> bool {
         self.dir.path().join("mosquitto.db").exists()
