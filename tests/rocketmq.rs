@@ -443,32 +443,45 @@ async fn tls_to_name_server_and_broker_with_a_verified_certificate() {
     });
     let dir = tempfile::tempdir().unwrap();
     // The broker takes TLS only; the name server also takes plain TCP, so
-    // first show the sink verifies: trusting another CA, it never gets ready.
+    // first show the sink verifies: trusting another CA, it is refused with
+    // the certificate error as the reason (its log, run as a process), and
+    // never gets ready.
     let other_ca = tempfile::tempdir().unwrap();
-    let untrusted = parse(&format!(
-        r##"{source}sinks:
+    let at: std::net::SocketAddr = format!("127.0.0.1:{}", common::mosquitto::free_port())
+        .parse()
+        .unwrap();
+    let untrusted = dir.path().join("untrusted.yaml");
+    std::fs::write(
+        &untrusted,
+        format!(
+            r##"{source}sinks:
   rmq: {{ kind: rocketmq, name_server: "{name_server}", tls: {{ ca_file: "{ca}" }} }}
 routes:
   - {{ match: {{ topic: "#" }}, to: [ {{ sink: rmq, topic: iot_tls }} ] }}
+telemetry: {{ listen: '{at}', summary_interval: 0s }}
 "##,
-        source = "source: { kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, access_key_secret: b, consumer_group_id: g, client_id: c }\n",
-        name_server = cluster.name_server(),
-        ca = common::make_certs(other_ca.path()).display()
-    ));
-    let amqp_bridge::config::SinkConfig::RocketMq(untrusted) = &untrusted.sinks.0["rmq"] else {
-        panic!("rocketmq sink");
-    };
-    let sink = amqp_bridge::sink::build(
-        "rmq",
-        &amqp_bridge::config::SinkConfig::RocketMq(untrusted.clone()),
+            source = "source: { kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, access_key_secret: b, consumer_group_id: g, client_id: c }\n",
+            name_server = cluster.name_server(),
+            ca = common::make_certs(other_ca.path()).display()
+        ),
     )
     .unwrap();
-    let ready = tokio::time::timeout(Duration::from_secs(2), sink.ready()).await;
+    let mut bridge = common::bridge_process::BridgeProcess::start(&untrusted, at);
+    let refused = bridge
+        .logged("RocketMQ name server not reachable yet", 1, 30)
+        .await;
+    let readyz = bridge.readyz().await;
+    bridge.stop(Duration::from_secs(10));
     assert!(
-        ready.is_err(),
-        "a sink that cannot verify the server never gets ready"
+        refused[0].contains(&format!(
+            "cannot connect to {}: TLS: invalid peer certificate",
+            cluster.name_server()
+        )),
+        "{}",
+        refused[0]
     );
-    sink.close().await;
+    assert_eq!(readyz.0, 503, "{readyz:?}");
+    assert!(readyz.1.contains("sink rmq: not connected"), "{readyz:?}");
 
     let emulator = emulator(|c| c.count = N).await;
     let source = source_yaml(&emulator, dir.path(), "bridge-rocketmq-tls", "");

@@ -117,6 +117,42 @@ impl BridgeProcess {
         }
     }
 
+    /// Every line of its log so far that contains `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until it logged `count` lines containing `text` (failing the
+    /// test with its log tail after `secs`); returns them.
+    pub async fn logged(&self, text: &str, count: usize, secs: u64) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let lines = self.log_lines(text);
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {count} log lines with `{text}` after {secs}s; log tail:\n{}",
+                lines.len(),
+                self.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its `/readyz` answer now: (status, body).
+    pub async fn readyz(&self) -> (u16, String) {
+        let url = url::Url::parse(&format!("http://{}/readyz", self.telemetry)).unwrap();
+        amqp_bridge::telemetry::http::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("/readyz of {} failed: {e:?}", self.telemetry))
+    }
+
     /// The last `n` lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());

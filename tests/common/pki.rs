@@ -1,6 +1,6 @@
 //! A throwaway certificate authority for TLS tests: a CA, a server
-//! certificate for `localhost`/`127.0.0.1` and client certificates, as PEM
-//! files in a temporary directory.
+//! certificate (for `localhost`/`127.0.0.1`, or for the names a test gives)
+//! and client certificates, as PEM files in a temporary directory.
 
 use std::path::PathBuf;
 
@@ -19,8 +19,16 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// A fresh CA with a server and a client (`client_cn`) certificate.
+    /// A fresh CA with a server certificate for `localhost` and `127.0.0.1`
+    /// and a client (`client_cn`) certificate.
     pub fn new(client_cn: &str) -> Pki {
+        Pki::with_server_names(client_cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Pki::new`], with the server certificate issued for `names` only
+    /// (DNS names or IP addresses; the first is also its common name), e.g.
+    /// another host's name, to check that clients verify host names.
+    pub fn with_server_names(client_cn: &str, names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -47,8 +55,8 @@ impl Pki {
             ca_key,
         };
         pki.issue(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            "localhost",
+            names.iter().map(|n| n.to_string()).collect(),
+            names.first().copied().unwrap_or("server"),
             "server",
         );
         pki.issue(Vec::new(), client_cn, "client");
@@ -63,6 +71,37 @@ impl Pki {
             self.dir.path().join(format!("{file}.pem")),
             self.dir.path().join(format!("{file}.key")),
         )
+    }
+
+    /// Another server certificate from this CA, for `names` (DNS names or
+    /// IP addresses): (cert, key) files.
+    pub fn server_for(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        let file = format!("server-{}", names.join("-"));
+        self.issue(
+            names.iter().map(|n| n.to_string()).collect(),
+            names.first().copied().unwrap_or("server"),
+            &file,
+        );
+        (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        )
+    }
+
+    /// Copies the CA, the server certificate and its key into `dir` as
+    /// `ca.crt`, `server.crt` and `server.key`, readable by everyone (for a
+    /// broker that drops to its own user, e.g. Mosquitto); returns `dir`.
+    pub fn server_files_into(&self, dir: &std::path::Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, to) in [
+            (&self.ca, "ca.crt"),
+            (&self.server_cert, "server.crt"),
+            (&self.server_key, "server.key"),
+        ] {
+            std::fs::copy(from, dir.join(to)).unwrap();
+            std::fs::set_permissions(dir.join(to), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        dir.to_path_buf()
     }
 
     /// Writes `FILE.pem` and `FILE.key`: a certificate for `names` and `cn`

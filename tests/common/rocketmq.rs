@@ -51,6 +51,9 @@ pub struct BrokerOptions {
     /// broker only TLS (enforcing), the name server TLS and plain TCP
     /// (permissive; the broker registers over plain TCP).
     pub tls: bool,
+    /// With `tls`: the names the server certificate is issued for (DNS
+    /// names or IP addresses); empty means `localhost` and `127.0.0.1`.
+    pub tls_names: Vec<String>,
 }
 
 /// A port `p` with `p - 2` free as well (the broker's "fast" port).
@@ -97,7 +100,12 @@ impl RocketMq {
     pub fn start_with(options: BrokerOptions) -> RocketMq {
         let dir = tempfile::tempdir().unwrap();
         if options.tls {
-            super::make_certs(dir.path());
+            if options.tls_names.is_empty() {
+                super::make_certs(dir.path());
+            } else {
+                let names: Vec<&str> = options.tls_names.iter().map(String::as_str).collect();
+                super::pki::Pki::with_server_names("unused", &names).server_files_into(dir.path());
+            }
             // The name server reads TLS settings from its stored properties.
             let stored = dir.path().join("rocketmq-namesrv");
             std::fs::create_dir_all(&stored).unwrap();
