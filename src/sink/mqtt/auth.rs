@@ -78,6 +78,23 @@ mod tests {
         assert_eq!(pass.expose(), "G2U1ZIXfzn96CuUOs0rzRsAq0DU=");
     }
 
+    // Alibaba's documented example (ApsaraMQ for MQTT, "Signature-based
+    // authentication"): client GID_Test@@@0001, instance mqtt-xxxxx,
+    // AccessKey ID YYYYY → username Signature|YYYYY|mqtt-xxxxx. The docs
+    // give no password value for it (only a placeholder).
+    #[test]
+    fn signature_username_matches_the_documented_example() {
+        let auth = MqttAuthConfig {
+            mode: MqttAuthMode::AliyunSignature,
+            access_key_id: "YYYYY".into(),
+            access_key_secret: Some(Secret::new("XXXXX")),
+            instance_id: "mqtt-xxxxx".into(),
+            tokens: BTreeMap::new(),
+        };
+        let (user, _) = credentials(&auth, "GID_Test@@@0001");
+        assert_eq!(user, "Signature|YYYYY|mqtt-xxxxx");
+    }
+
     #[test]
     fn token_mode_lists_every_token() {
         let auth = MqttAuthConfig {
