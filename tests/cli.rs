@@ -24,6 +24,11 @@ const SECRETS: [&str; 3] = [
 ];
 
 fn bridge(args: &[&str], config: &str) -> (i32, String, String) {
+    bridge_with_env(args, config, &[])
+}
+
+/// As [`bridge`], with these environment variables set as well.
+fn bridge_with_env(args: &[&str], config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.yaml");
     std::fs::write(&path, config).unwrap();
@@ -35,6 +40,7 @@ fn bridge(args: &[&str], config: &str) -> (i32, String, String) {
         .env("CLI_TEST_STS", SECRETS[1])
         .env("CLI_TEST_MQTT_PW", SECRETS[2])
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -69,7 +75,8 @@ fn check_exits_1_naming_file_line_and_key() {
     );
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("bridge.yaml:8:") && stderr.contains("source.credit"),
+        // Line 8, column 11: the value of `  credit: 0`.
+        stderr.contains("bridge.yaml:8:11: source.credit"),
         "{stderr}"
     );
     for secret in SECRETS {
@@ -146,4 +153,57 @@ fn check_warns_about_settings_that_weaken_delivery() {
     // The plain configuration has nothing to warn about.
     let (_, _, stderr) = bridge(&["check"], CONFIG);
     assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// Without a configured client id, the source's id (the container id of a
+/// generic AMQP source) is `amqp-bridge-$HOSTNAME` and each MQTT sink's adds
+/// `-SINK`, so replicas (pods) never share one; an id that is written is
+/// kept. A blank HOSTNAME falls back to the kernel's host name.
+#[test]
+fn default_client_ids_derive_from_hostname() {
+    let config = CONFIG.replace("  client_id: bridge-cli\n", "").replace(
+        "routes:\n",
+        "  two: { kind: mqtt, url: \"mqtt://127.0.0.1:1884\" }\n  \
+         fixed: { kind: mqtt, url: \"mqtt://127.0.0.1:1885\", client_id: GID_x@@@kept }\n\
+         routes:\n",
+    );
+    let printed = |config: &str, hostname: &str| -> serde_json::Value {
+        let (code, stdout, stderr) = bridge_with_env(&["check"], config, &[("HOSTNAME", hostname)]);
+        assert_eq!(code, 0, "{stderr}");
+        yaml_serde::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let ids = |printed: &serde_json::Value| {
+        [
+            printed["source"]["client_id"].clone(),
+            printed["sinks"]["out"]["client_id"].clone(),
+            printed["sinks"]["two"]["client_id"].clone(),
+            printed["sinks"]["fixed"]["client_id"].clone(),
+        ]
+    };
+    assert_eq!(
+        ids(&printed(&config, "pod-7")),
+        [
+            "amqp-bridge-pod-7",
+            "amqp-bridge-pod-7-out",
+            "amqp-bridge-pod-7-two",
+            "GID_x@@@kept"
+        ]
+    );
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let kernel = kernel.trim();
+    assert_eq!(
+        ids(&printed(&config, " ")),
+        [
+            format!("amqp-bridge-{kernel}"),
+            format!("amqp-bridge-{kernel}-out"),
+            format!("amqp-bridge-{kernel}-two"),
+            "GID_x@@@kept".to_string()
+        ]
+    );
+    let amqp = "source: { kind: amqp, url: \"amqp://127.0.0.1:5672\", address: q }\n\
+                sinks:\n  out: { kind: stdout }\n";
+    assert_eq!(
+        printed(amqp, "pod-7")["source"]["container_id"],
+        "amqp-bridge-pod-7"
+    );
 }

@@ -39,26 +39,37 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("bridge.yaml"), env)
 }
 
-/// Parses `BASE` with one line replaced (or appended) and returns the error.
-fn error_with(find: &str, replace: &str) -> (usize, String) {
+/// Parses `BASE` with one line replaced (or appended) and returns the
+/// error's line, column (both 1-based, as printed) and message.
+fn error_with(find: &str, replace: &str) -> (usize, usize, String) {
     let text = if find.is_empty() {
         format!("{BASE}{replace}")
     } else {
         assert!(BASE.contains(find), "test bug: {find}");
         BASE.replacen(find, replace, 1)
     };
-    match parse(&text) {
+    let error = match parse(&text) {
         Ok(_) => panic!("expected an error for {replace:?}"),
-        Err(ConfigError::Invalid {
+        Err(error) => error,
+    };
+    let printed = error.to_string();
+    match error {
+        ConfigError::Invalid {
             line,
+            column,
             message,
             path,
-            ..
-        }) => {
+        } => {
             assert_eq!(path, Path::new("bridge.yaml"));
-            (line, message)
+            // What a user reads leads with the same position.
+            assert!(
+                printed.starts_with(&format!("bridge.yaml:{line}:{column}: ")),
+                "{printed}"
+            );
+            eprintln!("PROBE {replace:?} -> {line}:{column}: {message}");
+            (line, column, message)
         }
-        Err(other) => panic!("unexpected error kind: {other}"),
+        other => panic!("unexpected error kind: {other}"),
     }
 }
 
@@ -79,8 +90,8 @@ fn base_config_parses_with_defaults() {
 
 #[test]
 fn unknown_top_level_key_names_line_and_key() {
-    let (line, message) = error_with("", "max_inflight: 5\n");
-    assert_eq!(line, 22);
+    let (line, column, message) = error_with("", "max_inflight: 5\n");
+    assert_eq!((line, column), (22, 1), "at the key");
     assert!(
         message.contains("unknown field `max_inflight`"),
         "{message}"
@@ -89,11 +100,11 @@ fn unknown_top_level_key_names_line_and_key() {
 
 #[test]
 fn unknown_key_inside_a_sink_is_reported_at_its_line() {
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "    url: mqtt://127.0.0.1:1883\n",
         "    url: mqtt://127.0.0.1:1883\n    qos_default: 1\n",
     );
-    assert_eq!(line, 12);
+    assert_eq!((line, column), (12, 5), "at the key");
     assert!(
         message.contains("sinks.out") && message.contains("unknown field `qos_default`"),
         "{message}"
@@ -102,11 +113,11 @@ fn unknown_key_inside_a_sink_is_reported_at_its_line() {
 
 #[test]
 fn unknown_key_in_source_names_its_path() {
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "  client_id: bridge-1\n",
         "  client_id: bridge-1\n  clientid: x\n",
     );
-    assert_eq!(line, 8);
+    assert_eq!((line, column), (8, 3), "at the key");
     assert!(
         message.contains("source") && message.contains("unknown field `clientid`"),
         "{message}"
@@ -115,14 +126,14 @@ fn unknown_key_in_source_names_its_path() {
 
 #[test]
 fn route_naming_a_missing_sink() {
-    let (line, message) = error_with("{ sink: out,", "{ sink: nowhere,");
-    assert_eq!(line, 20);
+    let (line, column, message) = error_with("{ sink: out,", "{ sink: nowhere,");
+    assert_eq!((line, column), (20, 17), "at `nowhere`");
     assert!(
         message.contains("routes[0].to[0].sink") && message.contains("no sink named `nowhere`"),
         "{message}"
     );
-    let (line, message) = error_with("dead_letter: dl", "dead_letter: gone");
-    assert_eq!(line, 21);
+    let (line, column, message) = error_with("dead_letter: dl", "dead_letter: gone");
+    assert_eq!((line, column), (21, 14), "at `gone`");
     assert!(
         message.contains("dead_letter") && message.contains("`gone`"),
         "{message}"
@@ -131,20 +142,20 @@ fn route_naming_a_missing_sink() {
 
 #[test]
 fn values_out_of_range() {
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "  client_id: bridge-1\n",
         "  client_id: bridge-1\n  connections: 500\n",
     );
-    assert_eq!(line, 8);
+    assert_eq!((line, column), (8, 16), "at `500`");
     assert!(
         message.contains("source.connections") && message.contains("out of range"),
         "{message}"
     );
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "  client_id: bridge-1\n",
         "  client_id: bridge-1\n  idle_timeout: 10s\n",
     );
-    assert_eq!(line, 8);
+    assert_eq!((line, column), (8, 17), "at `10s`");
     assert!(
         message.contains("source.idle_timeout") && message.contains("out of range 30s..5m"),
         "{message}"
@@ -153,8 +164,8 @@ fn values_out_of_range() {
 
 #[test]
 fn bad_duration() {
-    let (line, message) = error_with("", "shutdown_timeout: 20 parsecs\n");
-    assert_eq!(line, 22);
+    let (line, column, message) = error_with("", "shutdown_timeout: 20 parsecs\n");
+    assert_eq!((line, column), (22, 19), "at `20 parsecs`");
     assert!(
         message.contains("shutdown_timeout") && message.contains("invalid duration"),
         "{message}"
@@ -163,17 +174,18 @@ fn bad_duration() {
 
 #[test]
 fn bad_urls() {
-    let (line, message) = error_with("url: mqtt://127.0.0.1:1883", "url: http://127.0.0.1:1883");
-    assert_eq!(line, 11);
+    let (line, column, message) =
+        error_with("url: mqtt://127.0.0.1:1883", "url: http://127.0.0.1:1883");
+    assert_eq!((line, column), (11, 10), "at the URL");
     assert!(
         message.contains("sinks.out.url") && message.contains("scheme must be one of mqtt, mqtts"),
         "{message}"
     );
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "url: amqps://1234.iot-amqp.cn-shanghai.aliyuncs.com:5671",
         "url: amqps//no-scheme",
     );
-    assert_eq!(line, 3);
+    assert_eq!((line, column), (3, 8), "at the URL");
     assert!(
         message.contains("source.url") && message.contains("invalid URL"),
         "{message}"
@@ -182,24 +194,24 @@ fn bad_urls() {
 
 #[test]
 fn sink_kind_missing_or_unknown() {
-    let (line, message) = error_with("    kind: file\n", "    kind: ftp\n");
-    assert_eq!(line, 14);
+    let (line, column, message) = error_with("    kind: file\n", "    kind: ftp\n");
+    assert_eq!((line, column), (14, 5), "at `kind:`, the sink's first key");
     assert!(message.contains("unknown sink kind `ftp`"), "{message}");
 }
 
 #[test]
 fn bad_topic_filter_and_mqtt_target_without_topic() {
-    let (line, message) = error_with("/+/+/thing/event/property/post", "/a#/b");
-    assert_eq!(line, 18);
+    let (line, column, message) = error_with("/+/+/thing/event/property/post", "/a#/b");
+    assert_eq!((line, column), (18, 21), "at the filter's opening quote");
     assert!(
         message.contains("routes[0].match.topic") && message.contains("invalid topic filter"),
         "{message}"
     );
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "{ sink: out, topic: \"devices/{productKey}\" }",
         "{ sink: out }",
     );
-    assert_eq!(line, 20);
+    assert_eq!((line, column), (20, 7), "at the target's `-`");
     assert!(message.contains("needs a `topic`"), "{message}");
 }
 
@@ -221,8 +233,8 @@ fn unrouted_policies() {
         config.unrouted,
         UnroutedPolicy::Sink(amqp_bridge::config::SinkName("dl".into()))
     );
-    let (line, message) = error_with("", "unrouted: { sink: nope }\n");
-    assert_eq!(line, 22);
+    let (line, column, message) = error_with("", "unrouted: { sink: nope }\n");
+    assert_eq!((line, column), (22, 19), "at `nope`");
     assert!(message.contains("no sink named `nope`"), "{message}");
 }
 
@@ -271,11 +283,11 @@ fn example_config_is_valid() {
 
 #[test]
 fn bad_regex_is_reported_at_its_line() {
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "    match: { topic: \"/+/+/thing/event/property/post\" }\n",
         "    match:\n      topic: \"#\"\n      properties: { tenant: { regex: \"(unclosed\" } }\n",
     );
-    assert_eq!(line, 20);
+    assert_eq!((line, column), (20, 38), "at the pattern's opening quote");
     assert!(
         message.contains("routes[0].match.properties") && message.contains("invalid regex"),
         "{message}"
@@ -358,11 +370,11 @@ fn rocketmq_errors_name_their_line() {
         "{err}"
     );
     // A tag on an MQTT target is a mistake, not silently ignored.
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         "      - { sink: out, topic: \"devices/{productKey}\" }",
         "      - { sink: out, topic: \"devices/{productKey}\", tag: x }",
     );
-    assert_eq!(line, 20);
+    assert_eq!((line, column), (20, 7), "at the target's `-`");
     assert!(
         message.contains("`tag` is for RocketMQ targets"),
         "{message}"
@@ -415,11 +427,11 @@ fn telemetry_defaults_to_loopback_and_a_minute_summary() {
 #[test]
 fn destinations_the_broker_would_refuse_are_errors_at_their_line() {
     // MQTT: a wildcard in a topic to publish to.
-    let (line, message) = error_with(
+    let (line, column, message) = error_with(
         r#"topic: "devices/{productKey}" }"#,
         r#"topic: "devices/+/{productKey}" }"#,
     );
-    assert_eq!(line, 20);
+    assert_eq!((line, column), (20, 7), "at the target's `-`");
     assert!(
         message.contains("routes[0].to") && message.contains("`+`"),
         "{message}"
@@ -449,10 +461,11 @@ fn destinations_the_broker_would_refuse_are_errors_at_their_line() {
 
 #[test]
 fn an_unparseable_url_is_not_echoed_with_its_password() {
-    let (_, message) = error_with(
+    let (line, column, message) = error_with(
         "    url: mqtt://127.0.0.1:1883\n",
         "    url: \"mqtt://user:hunter2-secret@[::1\"\n",
     );
+    assert_eq!((line, column), (11, 10), "at the URL");
     assert!(message.contains("invalid URL"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
 }
@@ -466,16 +479,16 @@ fn with_kafka(body: &str) -> String {
     )
 }
 
-fn kafka_error(body: &str) -> (usize, String) {
+fn kafka_error(body: &str) -> (usize, usize, String) {
     match parse(&with_kafka(body)) {
         Err(ConfigError::Invalid {
             line,
+            column,
             message,
             path,
-            ..
         }) => {
             assert_eq!(path, Path::new("bridge.yaml"));
-            (line, message)
+            (line, column, message)
         }
         other => panic!("expected an error at a line for {body:?}: {other:?}"),
     }
@@ -506,54 +519,55 @@ fn kafka_tls_and_sasl_parse_and_their_password_is_never_printed() {
 #[test]
 fn kafka_security_mistakes_are_reported_at_their_key() {
     let sasl = |rest: &str| format!("    sasl:\n      username: u\n      password: p\n{rest}");
-    let (line, message) = kafka_error(&sasl("      mechanism: OAUTHBEARER\n"));
-    assert_eq!(line, 19);
+    let (line, column, message) = kafka_error(&sasl("      mechanism: OAUTHBEARER\n"));
+    assert_eq!((line, column), (19, 18), "at the mechanism");
     assert!(
         message.contains("sinks.k.sasl.mechanism") && message.contains("not supported yet"),
         "{message}"
     );
-    let (line, message) = kafka_error(&sasl("      mechanism: SCRAM-SHA-1\n"));
-    assert_eq!(line, 19);
+    let (line, column, message) = kafka_error(&sasl("      mechanism: SCRAM-SHA-1\n"));
+    assert_eq!((line, column), (19, 18), "at the mechanism");
     assert!(message.contains("unknown SASL mechanism"), "{message}");
-    let (line, message) =
+    let (line, column, message) =
         kafka_error("    sasl: { mechanism: PLAIN, username: u, password: \"${KAFKA_PW:-}\" }\n");
-    assert_eq!(line, 16);
+    assert_eq!((line, column), (16, 54), "at the password");
     assert!(message.contains("empty SASL password"), "{message}");
-    let (line, message) = kafka_error("    tls:\n      server_name: kafka.example\n");
-    assert_eq!(line, 17);
+    let (line, column, message) = kafka_error("    tls:\n      server_name: kafka.example\n");
+    assert_eq!((line, column), (17, 20), "at the name");
     assert!(
         message.contains("sinks.k.tls.server_name") && message.contains("not supported"),
         "{message}"
     );
-    let (_, message) = kafka_error("    tls: { cert_file: /c.pem }\n");
+    let (line, column, message) = kafka_error("    tls: { cert_file: /c.pem }\n");
+    assert_eq!((line, column), (14, 5), "at the sink's first key");
     assert!(
         message.contains("`cert_file` and `key_file` go together"),
         "{message}"
     );
-    let (line, message) = kafka_error("    tls: { ca_file: /ca.pem, verify: false }\n");
-    assert_eq!(line, 16);
+    let (line, column, message) = kafka_error("    tls: { ca_file: /ca.pem, verify: false }\n");
+    assert_eq!((line, column), (16, 30), "at `verify`");
     assert!(message.contains("verify"), "{message}");
-    let (line, message) = kafka_error("    compression: brotli\n");
-    assert_eq!(line, 16);
+    let (line, column, message) = kafka_error("    compression: brotli\n");
+    assert_eq!((line, column), (16, 18), "at `brotli`");
     assert!(message.contains("sinks.k.compression"), "{message}");
 }
 
 #[test]
 fn kafka_settings_that_break_the_delivery_contract_are_refused_or_warned() {
-    let (line, message) = kafka_error("    acks: 0\n");
-    assert_eq!(line, 16);
+    let (line, column, message) = kafka_error("    acks: 0\n");
+    assert_eq!((line, column), (16, 11), "at the value");
     assert!(message.contains("`acks: 0` is refused"), "{message}");
-    let (line, message) = kafka_error("    acks: 1\n");
-    assert_eq!(line, 16, "at the acks key, not the sink");
+    let (line, column, message) = kafka_error("    acks: 1\n");
+    assert_eq!((line, column), (16, 11), "at the acks value, not the sink");
     assert!(
         message.contains("`acks: 1` needs `idempotence: false`"),
         "{message}"
     );
-    let (line, message) = kafka_error("    linger: 20m\n");
-    assert_eq!(line, 16);
+    let (line, column, message) = kafka_error("    linger: 20m\n");
+    assert_eq!((line, column), (16, 13), "at `20m`");
     assert!(message.contains("out of range"), "{message}");
-    let (line, message) = kafka_error("    delivery_timeout: 10ms\n");
-    assert_eq!(line, 16);
+    let (line, column, message) = kafka_error("    delivery_timeout: 10ms\n");
+    assert_eq!((line, column), (16, 23), "at `10ms`");
     assert!(message.contains("out of range"), "{message}");
     let config = parse(&with_kafka(
         "    acks: 1\n    idempotence: false\n    sasl: { mechanism: SCRAM-SHA-256, username: u, password: p }\n",
@@ -571,12 +585,12 @@ fn kafka_settings_that_break_the_delivery_contract_are_refused_or_warned() {
 
 #[test]
 fn raw_kafka_properties_cannot_turn_acks_off() {
-    for body in [
-        "    properties:\n      acks: \"0\"\n",
-        "    properties:\n      request.required.acks: 0\n",
+    for (body, column_of_value) in [
+        ("    properties:\n      acks: \"0\"\n", 13),
+        ("    properties:\n      request.required.acks: 0\n", 30),
     ] {
-        let (line, message) = kafka_error(body);
-        assert_eq!(line, 17, "{body}");
+        let (line, column, message) = kafka_error(body);
+        assert_eq!((line, column), (17, column_of_value), "{body}");
         assert!(
             message.contains("sinks.k.properties.") && message.contains("acks: 0` is refused"),
             "{message}"
@@ -637,21 +651,21 @@ fn raw_kafka_properties_that_undo_tls_or_sasl_are_warned_about() {
 
 #[test]
 fn kafka_linger_and_reconnect_backoff_are_checked_against_their_partners() {
-    let (_, message) = kafka_error("    linger: 10s\n    delivery_timeout: 5s\n");
+    let (_, _, message) = kafka_error("    linger: 10s\n    delivery_timeout: 5s\n");
     assert!(
         message.contains("`linger`") && message.contains("must be shorter than `delivery_timeout`"),
         "{message}"
     );
-    let (_, message) = kafka_error("    linger: 6m\n");
+    let (_, _, message) = kafka_error("    linger: 6m\n");
     assert!(
         message.contains("delivery_timeout (default 5m)"),
         "{message}"
     );
-    let (_, message) =
+    let (_, _, message) =
         kafka_error("    delivery_timeout: 2s\n    properties: { linger.ms: \"3000\" }\n");
     assert!(message.contains("`properties.linger.ms`"), "{message}");
     parse(&with_kafka("    linger: 1s\n    delivery_timeout: 2s\n")).unwrap();
-    let (_, message) = kafka_error(
+    let (_, _, message) = kafka_error(
         "    properties: { reconnect.backoff.ms: \"2000\", reconnect.backoff.max.ms: \"500\" }\n",
     );
     assert!(message.contains("reconnect.backoff.max.ms"), "{message}");

@@ -162,10 +162,19 @@ async fn source_connection_dropped_mid_stream_reconnects_and_completes() {
     emulator.disconnect_all();
     within(180, "all accepted", emulator.all_accepted()).await;
     bridge.shutdown().await;
+    let passwords = emulator.passwords_seen();
     let stats = emulator.shutdown().await;
+    assert_eq!(
+        (stats.logins_ok, stats.logins_refused),
+        (2, 0),
+        "the bridge logged in once more after the drop: {stats:?}"
+    );
+    // A fresh signature, not the first login again: the emulator accepts
+    // 15 minutes of clock skew, so only the passwords tell them apart.
+    assert_eq!(passwords.len(), 2, "one password per login");
     assert!(
-        stats.logins_ok >= 2,
-        "the bridge logged in again (fresh signature): {stats:?}"
+        passwords[0] != passwords[1],
+        "the reconnect reused the signature"
     );
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
     eventually("every id at the subscriber", 60, || {
@@ -364,9 +373,11 @@ async fn copies_redelivered_while_the_first_is_in_flight_are_forwarded_once() {
     emulator.hold_pushes(false);
     // Nothing can be confirmed while Mosquitto is frozen: 2N unsettled at the
     // bridge means both copies of every id are there together.
-    eventually("both copies of every message held at the bridge", 60, || {
-        bridge.metrics().in_flight() == 2 * N
-    })
+    eventually(
+        "both copies of every message held at the bridge",
+        60,
+        || bridge.metrics().in_flight() == 2 * N,
+    )
     .await;
     let frozen = emulator.stats().snapshot();
     assert_eq!((frozen.pushed, frozen.accepted), (2 * N, 0), "{frozen:?}");
@@ -382,7 +393,11 @@ async fn copies_redelivered_while_the_first_is_in_flight_are_forwarded_once() {
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
     assert_eq!((stats.accepted, stats.outstanding), (N, 0));
-    assert_eq!((stats.redelivered, stats.accepted_again), (N, N), "{stats:?}");
+    assert_eq!(
+        (stats.redelivered, stats.accepted_again),
+        (N, N),
+        "{stats:?}"
+    );
     assert_eq!(
         (stats.released, stats.rejected, stats.modified),
         (0, 0, 0),
@@ -441,9 +456,11 @@ async fn dedup_drops_redelivered_duplicates_after_a_source_drop() {
     broker.signal("CONT");
     // Confirmed by Mosquitto, recorded by dedup, and not accepted: the link
     // they came on is gone.
-    eventually("every message confirmed after its link was gone", 60, || {
-        bridge.metrics().unsettled() == N
-    })
+    eventually(
+        "every message confirmed after its link was gone",
+        60,
+        || bridge.metrics().unsettled() == N,
+    )
     .await;
     assert_eq!(bridge.metrics().duplicates.get(), 0);
     emulator.hold_pushes(false);

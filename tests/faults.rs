@@ -320,8 +320,15 @@ async fn the_amqp_connection_cut_five_times_loses_nothing() {
     within(600, "all accepted", emulator.all_accepted()).await;
     let elapsed = started.elapsed();
     bridge.stop(Duration::from_secs(10));
+    let passwords = emulator.passwords_seen();
     let (stats, duplicates) = settled_everywhere(emulator, &subscriber, n).await;
     assert_eq!(stats.logins_ok, 6, "one login per connection: {stats:?}");
+    // Each login signed afresh: the emulator accepts 15 minutes of clock
+    // skew, so a reused signature would log in too; only the passwords
+    // (six, all different) show it was not.
+    assert_eq!(passwords.len(), 6, "one password per login attempt");
+    let distinct: std::collections::HashSet<&String> = passwords.iter().collect();
+    assert_eq!(distinct.len(), 6, "a reconnect reused a signed password");
     eprintln!(
         "AMQP connection cut 5 times: {n} messages in {elapsed:?}, {duplicates} duplicates, {} unsettled at the cuts",
         stats.unsettled_at_disconnect

@@ -346,6 +346,21 @@ dead_letter: kafka
         k.len()
     };
     assert_eq!(keys(&dead), 10, "dead letters keyed by messageId");
+    // One dead letter per message, no duplicate: as read back, and as
+    // stored (`consume` stops at tansu's high watermark, which is no record
+    // count: it can stop short of a duplicate; the stored batches cannot).
+    let address = broker.address();
+    let stored = tokio::task::spawn_blocking(move || {
+        common::tansu::stored_batches(&address, "amqp-bridge.dead-letter.bad")
+    })
+    .await
+    .unwrap();
+    let stored: i64 = stored.iter().map(|b| i64::from(b.records)).sum();
+    assert_eq!(
+        (dead.len(), stored),
+        (10, 10),
+        "dead letters read back and stored"
+    );
     assert!(dead.iter().all(|r| r
         .headers
         .iter()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use amqp_bridge::bridge::Bridge;
 use amqp_bridge::config::Config;
-use common::tansu::{consume, consume_with, distinct_keys, Tansu};
+use common::tansu::{consume, consume_with, distinct_keys, stored_batches, StoredBatch, Tansu};
 use common::tansu_secure::{Scram, SecureTansu};
 use common::*;
 
@@ -231,6 +231,38 @@ async fn every_compression_codec_round_trips() {
             None => bodies = Some(by_id),
             Some(first) => assert!(first == &by_id, "{codec}: bodies differ from uncompressed"),
         }
+        // The consumer decompresses, so the bodies above would match with
+        // `compression` ignored: the record batches the broker stored say
+        // how they were sent (tansu keeps each batch as produced).
+        let address = broker.address();
+        let topic = format!("iot.{codec}");
+        let batches = tokio::task::spawn_blocking(move || stored_batches(&address, &topic))
+            .await
+            .unwrap();
+        let records: i64 = batches.iter().map(|b| i64::from(b.records)).sum();
+        assert_eq!(records, N as i64, "{codec}: records in the stored batches");
+        let want = codec_id(codec);
+        let other: Vec<&StoredBatch> = batches.iter().filter(|b| b.codec != want).collect();
+        assert!(
+            other.is_empty(),
+            "{codec} (id {want}): {} of {} batches stored with another codec: {other:?}",
+            other.len(),
+            batches.len()
+        );
+        eprintln!("{codec}: {} batches, all with codec {want}", batches.len());
+    }
+}
+
+/// The codec id in a record batch's attributes (bits 0-2), as Kafka's
+/// protocol numbers them.
+fn codec_id(codec: &str) -> i16 {
+    match codec {
+        "none" => 0,
+        "gzip" => 1,
+        "snappy" => 2,
+        "lz4" => 3,
+        "zstd" => 4,
+        other => panic!("unknown codec {other}"),
     }
 }
 

@@ -74,10 +74,12 @@ async fn routes_replaced_under_load_lose_nothing_and_never_mix() {
 
     let bridge = Bridge::start(&old).await.unwrap();
     received(&subscriber, 2 * N / 3, "a third of the copies").await;
+    let source_before = source_state(&bridge, &emulator);
     bridge.reload(&new).expect("a routes-only change reloads");
     within(120, "all accepted", emulator.all_accepted()).await;
     // Copies of messages in flight at the reload finish on the old routes.
     subscriber.wait_for_total(2 * N, 60).await;
+    assert_source_left_alone(source_before, source_state(&bridge, &emulator));
     let metrics = bridge.metrics().encode();
     bridge.shutdown().await;
     let stats = emulator.shutdown().await;
@@ -105,7 +107,15 @@ async fn routes_replaced_under_load_lose_nothing_and_never_mix() {
         metrics.contains("amqp_bridge_config_reloads_total{outcome=\"applied\"} 1\n"),
         "{metrics}"
     );
-    assert!(metrics.contains("amqp_bridge_route_matched_total{route=\"pair-b1\"}"));
+    // Each route's matched counter is the number of messages the subscriber
+    // saw under its topics (a reload creates the new route's series at 0).
+    let matched = common::metrics::Scrape::parse(&metrics);
+    let matched = |route| matched.count("amqp_bridge_route_matched_total", &[("route", route)]);
+    assert_eq!(
+        (matched("pair-a1"), matched("pair-b1")),
+        (old_routes, new_routes),
+        "matched per route"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,12 +246,14 @@ routes:
             break settled + in_flight;
         }
     };
+    let source_before = source_state(&bridge, &emulator);
     if two_reloads {
         bridge.reload(&renamed).expect("a route rename reloads");
     }
     bridge.reload(&new).expect("a sink change reloads");
     removed_broker.signal("CONT");
     within(120, "all accepted", emulator.all_accepted()).await;
+    assert_source_left_alone(source_before, source_state(&bridge, &emulator));
     let metrics = bridge.metrics().encode();
     let connects = kept_broker
         .connects
@@ -346,6 +358,7 @@ async fn a_changed_source_reconnects_after_settling_what_it_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file_and_an_invalid_file_changes_nothing() {
     let broker = Mosquitto::start();
+    let new_route = Subscriber::start(broker.port, "reload-sighup-sub", "b1/#").await;
     let emulator = emulator(|c| c.count = 0).await;
     let dir = tempfile::tempdir().unwrap();
     let at: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -397,15 +410,41 @@ async fn sighup_reloads_the_file_and_an_invalid_file_changes_nothing() {
             .contains("configuration reloaded")
     })
     .await;
+    // The emulator pushes without end (count 0): the new route is in use,
+    // copies arrive under its topic and its counter (created at 0 by the
+    // reload) counts them.
+    new_route.wait_for_total(1, 30).await;
     let scrape = bridge.scrape().await;
     assert!(scrape.contains("amqp_bridge_config_reloads_total{outcome=\"applied\"} 1\n"));
     assert!(scrape.contains("amqp_bridge_config_reloads_total{outcome=\"refused\"} 1\n"));
-    // The emulator pushes without end (count 0): the new route is in use.
-    assert!(
-        scrape.contains("amqp_bridge_route_matched_total{route=\"pair-b1\"}"),
-        "{scrape}"
-    );
+    let matched = common::metrics::Scrape::parse(&scrape)
+        .count("amqp_bridge_route_matched_total", &[("route", "pair-b1")]);
+    assert!(matched > 0, "{scrape}");
     bridge.ready(10).await;
     bridge.stop(Duration::from_secs(10));
     emulator.shutdown().await;
+}
+
+/// What a reload of routes or sinks must leave alone at the source:
+/// (emulator logins, bridge connects, bridge reconnects, emulator
+/// redeliveries, receiver links attached).
+fn source_state(bridge: &Bridge, emulator: &amqp_bridge::emulator::Emulator) -> [u64; 5] {
+    let stats = emulator.stats().snapshot();
+    let metrics = bridge.metrics();
+    [
+        stats.logins_ok,
+        metrics.connects(),
+        metrics.reconnects(),
+        stats.redelivered,
+        stats.receivers_attached,
+    ]
+}
+
+/// The source state before a routes or sinks reload and after the traffic
+/// that followed it: one login, one connection, one attach, never a
+/// reconnect or a redelivery, before and after alike.
+fn assert_source_left_alone(before: [u64; 5], after: [u64; 5]) {
+    let names = "[logins, connects, reconnects, redelivered, attached]";
+    assert_eq!(before, [1, 1, 0, 0, 1], "before the reload: {names}");
+    assert_eq!(after, before, "across the reload: {names}");
 }

@@ -70,6 +70,21 @@ async fn no_configured_secret_appears_in_any_output() {
     bridge.ready(60).await;
     bridge.stop(Duration::from_secs(10));
     logs.push(("A", bridge.log.lock().unwrap().clone()));
+    // Two logins, the second signed afresh: the emulator accepts 15 minutes
+    // of clock skew, so a reused signature would log in too.
+    let after_a = emulator.stats().snapshot();
+    assert_eq!(
+        (after_a.logins_ok, after_a.logins_refused),
+        (2, 0),
+        "{after_a:?}"
+    );
+    let signed_a = emulator.passwords_seen();
+    assert_eq!(signed_a.len(), 2, "one password per login");
+    // (Compared without printing them: they are signed secrets.)
+    assert!(
+        signed_a[0] != signed_a[1],
+        "the reconnect reused the signature"
+    );
 
     // B: sinks that fail: a refused MQTT login, Kafka with SASL and
     // RocketMQ with ACL where nothing listens. Never ready.
@@ -156,9 +171,20 @@ async fn no_configured_secret_appears_in_any_output() {
         );
         logs.push((name, text));
     }
-    // Every signed password the bridges sent (fresh per login).
+    // Every signed password the bridges sent, one per login attempt: A's
+    // two and C's refused ones (B's sinks are never ready, so B never logs
+    // in), each signed afresh.
     let signed = emulator.passwords_seen();
-    assert!(signed.len() >= 3, "{} logins seen", signed.len());
+    let stats = emulator.stats().snapshot();
+    assert_eq!(stats.logins_ok, 2, "{stats:?}");
+    assert!(stats.logins_refused >= 1, "{stats:?}");
+    assert_eq!(
+        signed.len() as u64,
+        stats.logins_ok + stats.logins_refused,
+        "one password per login attempt"
+    );
+    let distinct: std::collections::HashSet<&String> = signed.iter().collect();
+    assert_eq!(distinct.len(), signed.len(), "a signed password was reused");
     emulator.shutdown().await;
 
     let mut secrets = vec![

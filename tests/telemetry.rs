@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -498,19 +499,33 @@ fn deploy_kit_renders_and_every_mounted_file_exists() {
     );
 }
 
+/// The real process with traffic: SIGHUP reloads and never ends it; SIGTERM
+/// arrives with `max_in_flight` messages in flight (Mosquitto frozen, so none
+/// of them can be confirmed before it), and the drain finishes them all once
+/// Mosquitto thaws: every accepted id is at the subscriber and nothing else,
+/// and every message the emulator pushed was settled before the link closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_drains_the_process() {
+    const MAX_IN_FLIGHT: u64 = 64;
+    // Debug logging: the broker logs each PUBLISH it received.
+    let broker = Mosquitto::start_with(|_| "log_type debug\n".to_string());
+    let subscriber = Subscriber::start(broker.port, "hup-sub", "out/#").await;
+    // Without end, as fast as credit allows.
+    let emulator = emulator(|c| c.count = 0).await;
     let dir = tempfile::tempdir().unwrap();
     let port = common::mosquitto::free_port();
     let path = dir.path().join("bridge.yaml");
-    // The source is unreachable (it keeps reconnecting); the process lives on.
+    let source = source_yaml(&emulator, dir.path(), "hup", "").replace(
+        "telemetry: { listen: '127.0.0.1:0' }",
+        &format!("telemetry: {{ listen: '127.0.0.1:{port}', summary_interval: 200ms }}"),
+    );
     std::fs::write(
         &path,
         format!(
-            "source: {{ kind: aliyun, url: 'amqps://127.0.0.1:1', access_key_id: a, \
-             access_key_secret: b, consumer_group_id: g, client_id: hup }}\n\
-             sinks:\n  out: {{ kind: stdout }}\n\
-             telemetry: {{ listen: '127.0.0.1:{port}', summary_interval: 200ms }}\n"
+            "{source}sinks:\n  out: {{ kind: mqtt, url: \"mqtt://127.0.0.1:{mqtt}\", client_id: hup-out }}\n\
+             routes:\n  - {{ match: {{ topic: \"#\" }}, to: [ {{ sink: out, topic: \"out/{{messageId}}\" }} ] }}\n\
+             max_in_flight: {MAX_IN_FLIGHT}\nshutdown_timeout: 60s\n",
+            mqtt = broker.port
         ),
     )
     .unwrap();
@@ -532,22 +547,13 @@ async fn sighup_reloads_and_sigterm_drains_the_process() {
         },
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let url = url::Url::parse(&format!("http://{addr}/healthz")).unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if let Ok((200, _)) = amqp_bridge::telemetry::http::get(&url).await {
-            up = true;
-            break;
+    let url = url::Url::parse(&format!("http://{addr}/readyz")).unwrap();
+    within(60, "/readyz to answer 200", async {
+        while !matches!(amqp_bridge::telemetry::http::get(&url).await, Ok((200, _))) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        up,
-        "the bridge never served /healthz:\n{}",
-        log.lock().unwrap()
-    );
-    // Not ready: the source never attaches.
-    assert_eq!(get(addr, "/readyz").await.0, 503);
+    })
+    .await;
     // The periodic summary line, with the same counters as /metrics.
     eventually("a summary line", 10, || {
         let log = log.lock().unwrap();
@@ -568,9 +574,110 @@ async fn sighup_reloads_and_sigterm_drains_the_process() {
     );
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
+    // Messages in flight at SIGTERM, made so: Mosquitto is frozen, no PUBACK
+    // can come back, and the bridge fills `max_in_flight` and stops there.
+    subscriber.wait_for_total(500, 60).await;
+    broker.signal("STOP");
+    // Then the emulator has every outcome the bridge gave: the count accepted
+    // before SIGTERM, exactly.
+    let before = within(
+        60,
+        "max_in_flight held and every outcome at the emulator",
+        async {
+            loop {
+                let s = scrape(addr).await;
+                let given = s.count(
+                    "amqp_bridge_source_settlements_total",
+                    &[("outcome", "accepted")],
+                );
+                let at_emulator = emulator.stats().snapshot();
+                if s.count("amqp_bridge_in_flight", &[]) == MAX_IN_FLIGHT
+                    && at_emulator.accepted == given
+                {
+                    break at_emulator;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
     signal(child.id(), "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    // Draining: not ready, and still running while nothing can be confirmed.
+    within(10, "/readyz to answer 503 draining", async {
+        while !matches!(amqp_bridge::telemetry::http::get(&url).await, Ok((503, _))) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the process ended with {MAX_IN_FLIGHT} messages unconfirmed"
+    );
+    broker.signal("CONT");
+    let status = within(
+        30,
+        "the process to exit after the drain",
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
+    let log = log.lock().unwrap().clone();
+    assert!(
+        !log.contains("shutdown timeout reached"),
+        "the drain gave up:\n{log}"
+    );
+
+    let accepted: BTreeSet<String> = emulator.accepted_ids().into_iter().collect();
+    let stats = emulator.shutdown().await;
+    eprintln!(
+        "SIGTERM with {MAX_IN_FLIGHT} in flight after {} accepted; at the end {stats:?}",
+        before.accepted
+    );
+    // Every message in flight at SIGTERM was confirmed and accepted, and no
+    // other message was taken in after it.
+    assert_eq!(
+        stats.accepted,
+        before.accepted + MAX_IN_FLIGHT,
+        "before SIGTERM {before:?}, at the end {stats:?}"
+    );
+    assert_eq!(accepted.len() as u64, stats.accepted);
+    // Every push got its outcome before the link closed: accepted, or
+    // released (arrived once the drain had begun) and outstanding again.
+    assert_eq!(stats.unsettled_at_disconnect, 0, "{stats:?}");
+    assert_eq!(
+        (stats.redelivered, stats.rejected, stats.modified),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.pushed, stats.accepted + stats.released, "{stats:?}");
+    assert_eq!(stats.outstanding, stats.released as i64, "{stats:?}");
+    // What reached Mosquitto is exactly what was accepted: the PUBLISHes in
+    // its log (read up to a sentinel published after the bridge exited), and
+    // what the subscriber got before that sentinel.
+    let accepted: BTreeSet<String> = accepted.iter().map(|id| format!("out/{id}")).collect();
+    let received: BTreeSet<String> = broker
+        .received_when_caught_up("out/end")
+        .await
+        .into_iter()
+        .collect();
+    assert!(
+        received == accepted,
+        "the broker received {} messages, {} accepted; received and not accepted: {:?}",
+        received.len(),
+        accepted.len(),
+        received.difference(&accepted).take(5).collect::<Vec<_>>()
+    );
+    eventually("the sentinel at the subscriber", 30, || {
+        subscriber.counts().contains_key("out/end")
+    })
+    .await;
+    let mut delivered: BTreeSet<String> = subscriber.counts().into_keys().collect();
+    delivered.remove("out/end");
+    assert!(
+        delivered == accepted,
+        "the subscriber got {} ids, {} accepted",
+        delivered.len(),
+        accepted.len()
+    );
 }

@@ -265,3 +265,120 @@ pub fn distinct_keys(n: usize) -> impl Fn(&[Record]) -> bool {
 pub fn at_least(n: usize) -> impl Fn(&[Record]) -> bool {
     move |records: &[Record]| records.len() >= n
 }
+
+/// One record batch as the broker returns it: its codec and record count.
+#[derive(Debug)]
+pub struct StoredBatch {
+    /// The compression codec (attributes bits 0-2: 0 none, 1 gzip, 2
+    /// snappy, 3 lz4, 4 zstd).
+    pub codec: i16,
+    pub records: i32,
+}
+
+/// Every record batch of partition 0 of `topic`, read with raw Fetch
+/// requests (version 4, the first to carry v2 record batches) on one TCP
+/// connection, from offset 0 until a fetch returns no whole batch. Only the
+/// batch headers are read, never the (compressed) records: what the
+/// producer sent, as tansu stores each batch as produced, counted without
+/// relying on tansu's high watermark (see [`consume`]).
+pub fn stored_batches(address: &str, topic: &str) -> Vec<StoredBatch> {
+    use std::io::{Read, Write};
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as i16).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    /// Big-endian reads from the front of a response.
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> &'a [u8] {
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            head
+        }
+        fn i16(&mut self) -> i16 {
+            i16::from_be_bytes(self.take(2).try_into().unwrap())
+        }
+        fn i32(&mut self) -> i32 {
+            i32::from_be_bytes(self.take(4).try_into().unwrap())
+        }
+        fn i64(&mut self) -> i64 {
+            i64::from_be_bytes(self.take(8).try_into().unwrap())
+        }
+    }
+    const MAX_BYTES: i32 = 8 << 20;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut batches: Vec<StoredBatch> = Vec::new();
+    let mut offset = 0i64;
+    for correlation in 1..=10_000i32 {
+        let mut request = Vec::new();
+        request.extend(1i16.to_be_bytes()); // Fetch
+        request.extend(4i16.to_be_bytes()); // version
+        request.extend(correlation.to_be_bytes());
+        string(&mut request, "amqp-bridge-test-raw-fetch");
+        request.extend((-1i32).to_be_bytes()); // replica id: a consumer
+                                               // tansu 0.6.0 answers a fetch that may not wait with no topic at all.
+        request.extend(100i32.to_be_bytes()); // max wait ms
+        request.extend(1i32.to_be_bytes()); // min bytes
+        request.extend(MAX_BYTES.to_be_bytes());
+        request.push(0); // isolation: read uncommitted
+        request.extend(1i32.to_be_bytes()); // one topic
+        string(&mut request, topic);
+        request.extend(1i32.to_be_bytes()); // one partition
+        request.extend(0i32.to_be_bytes()); // partition 0
+        request.extend(offset.to_be_bytes());
+        request.extend(MAX_BYTES.to_be_bytes());
+        stream
+            .write_all(&(request.len() as i32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut response).unwrap();
+        let mut r = Reader(&response);
+        assert_eq!(r.i32(), correlation, "correlation id");
+        let _throttle = r.i32();
+        assert_eq!(r.i32(), 1, "one topic in the fetch response");
+        let name = r.i16() as usize;
+        assert_eq!(r.take(name), topic.as_bytes());
+        assert_eq!(r.i32(), 1, "one partition in the fetch response");
+        assert_eq!(r.i32(), 0, "partition 0");
+        assert_eq!(r.i16(), 0, "fetch error code");
+        let _high_watermark = r.i64();
+        let _last_stable = r.i64();
+        for _ in 0..r.i32().max(0) {
+            let _aborted = (r.i64(), r.i64());
+        }
+        let size = r.i32().max(0) as usize;
+        let mut records = r.take(size);
+        let before = batches.len();
+        // A record batch: base offset (8), length of the rest (4), leader
+        // epoch (4), magic (1), CRC (4), attributes (2), last offset delta
+        // (4), two timestamps (16), producer id (8), epoch (2), base
+        // sequence (4), record count (4), records. The last one may be cut
+        // short by the size limit: it is read again from its offset.
+        while records.len() >= 61 {
+            let field = |at: usize, n: usize| &records[at..at + n];
+            let length = i32::from_be_bytes(field(8, 4).try_into().unwrap()) as usize;
+            if records.len() < 12 + length {
+                break;
+            }
+            assert_eq!(records[16], 2, "record batch magic");
+            let base_offset = i64::from_be_bytes(field(0, 8).try_into().unwrap());
+            let last_delta = i32::from_be_bytes(field(23, 4).try_into().unwrap());
+            batches.push(StoredBatch {
+                codec: i16::from_be_bytes(field(21, 2).try_into().unwrap()) & 0b111,
+                records: i32::from_be_bytes(field(57, 4).try_into().unwrap()),
+            });
+            offset = base_offset + i64::from(last_delta) + 1;
+            records = &records[12 + length..];
+        }
+        if batches.len() == before {
+            return batches;
+        }
+    }
+    panic!("{topic}: more than 10 000 fetches");
+}
