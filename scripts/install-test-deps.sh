@@ -96,7 +96,17 @@ fi
 echo "install-test-deps: RocketMQ name server and broker present"
 
 # kubectl renders the Kustomizations in the deploy test (scripts/check-deploy.sh).
-# It is not a Debian package; the machine image ships it.
+# Debian's own kubernetes-client is 1.20, too old for the kit's kustomize
+# syntax; the machine image ships kubectl (from the google-cloud-cli apt
+# repository it has configured), so it is installed from apt only where some
+# configured repository offers a `kubectl` package.
 if ! command -v kubectl >/dev/null 2>&1; then
-  echo "install-test-deps: WARNING: kubectl not found; the deploy test will fail (install kubectl >= 1.27)" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    echo "install-test-deps: installing kubectl"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl
+  else
+    echo "install-test-deps: ERROR: kubectl not found and no apt repository offers it; the deploy test (tests/telemetry.rs) will fail: install kubectl >= 1.27" >&2
+  fi
 fi
