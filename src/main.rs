@@ -118,8 +118,9 @@ struct EmulateArgs {
     /// is still outstanding (the platform's ack timeout is 30s); off when unset.
     #[arg(long, value_parser = humantime::parse_duration)]
     ack_timeout: Option<Duration>,
-    /// Push every message a second time right after the first, before its
-    /// outcome (an ack-timeout redelivery on demand, to see dedup at work).
+    /// Push every message a second time right after the first (an
+    /// ack-timeout redelivery on demand, to see dedup at work); dropped if
+    /// the first was accepted before the copy went out.
     #[arg(long)]
     push_twice: bool,
     /// Close a connection that has not attached a receiver link by then.

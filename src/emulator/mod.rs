@@ -41,8 +41,11 @@ pub struct EmulatorConfig {
     /// out (the platform's ack timeout is 30 s); `None` = only after an
     /// outcome or a disconnect.
     pub ack_timeout: Option<Duration>,
-    /// Push every message a second time right after the first, before its
-    /// outcome (an ack-timeout redelivery on demand, for tests).
+    /// Push every message a second time right after the first (an
+    /// ack-timeout redelivery on demand, for tests). The copy is dropped if
+    /// the first was accepted before it went out, so "while the first is
+    /// unsettled" holds only where the test keeps it unsettled (a frozen
+    /// broker). With `ack_timeout` each copy starts its own timeout chain.
     pub push_twice: bool,
     pub receiver_deadline: Duration,
     pub max_skew: Duration,
@@ -243,6 +246,9 @@ impl Emulator {
     /// Holds every push of every group, new messages and redeliveries alike
     /// (`true`), or lets them go (`false`). Lets a test attach a client and
     /// prepare a fault (freeze a broker, cut a connection) between pushes.
+    /// Not a barrier: a message a link already took (one per link, waiting
+    /// for credit) still goes out; hold before the client attaches, or once
+    /// everything pushed is accounted for.
     pub fn hold_pushes(&self, hold: bool) {
         for sub in self.subscriptions.values() {
             sub.hold_pushes(hold);

@@ -323,6 +323,8 @@ impl Subscription {
 
     /// Holds every push, new messages and redeliveries alike (`true`), or
     /// lets them go (`false`), so a test can prepare a fault between pushes.
+    /// Not a barrier: a message a link's push loop took before the hold (one
+    /// per link, waiting for credit) still goes out.
     pub fn hold_pushes(&self, hold: bool) {
         self.hold.store(hold, Ordering::Relaxed);
         self.wake.notify_waiters();
