@@ -117,15 +117,11 @@ async fn signature_login_is_verified_by_mosquitto_and_a_wrong_secret_is_refused(
     )
     .expect("test config parses");
     let bridge = Bridge::start(&config).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !bridge.metrics().sinks().iter().all(|s| s.is_ready()) {
+    eventually("the MQ for MQTT sink connected", 30, || {
         assert_eq!(refused(), 0, "Mosquitto refused the MQ for MQTT login");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sink did not connect in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        bridge.metrics().sinks().iter().all(|s| s.is_ready())
+    })
+    .await;
     within(120, "all accepted", emulator.all_accepted()).await;
     subscriber.wait_for_total(N, 60).await;
     let m = bridge.metrics().clone();

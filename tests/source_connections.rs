@@ -17,17 +17,10 @@ use common::*;
 /// The per-connection series of `name` in `scrape`: connection → value.
 fn by_connection(scrape: &Scrape, name: &str, with: &[(&str, &str)]) -> Vec<(String, u64)> {
     let mut values: Vec<(String, u64)> = scrape
-        .samples
-        .iter()
-        .filter(|(n, labels, _)| {
-            n == name
-                && with
-                    .iter()
-                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
-        .filter_map(|(_, labels, value)| {
+        .matching(name, with)
+        .filter_map(|(labels, value)| {
             let connection = labels.iter().find(|(k, _)| k == "connection")?;
-            Some((connection.1.clone(), *value as u64))
+            Some((connection.1.clone(), value as u64))
         })
         .collect();
     values.sort();
@@ -73,18 +66,12 @@ max_in_flight: {MAX}
     // The emulator knows a client by the client id in its signed login: one
     // connection for each of the three ids.
     let expected: Vec<(String, usize)> = names.iter().map(|n| (n.clone(), 1)).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let seen = emulator.clients();
-        if seen == expected {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the emulator sees clients {seen:?}, not {expected:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the emulator to see one connection per client id",
+        30,
+        || emulator.clients() == expected,
+    )
+    .await;
     subscriber.wait_for_total(300, 60).await;
 
     broker.signal("STOP");

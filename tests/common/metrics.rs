@@ -61,21 +61,26 @@ impl Scrape {
         }
     }
 
+    /// Every sample of `name` whose labels include all of `with`: its
+    /// labels and value.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a [(String, String)], f64)> + 'a {
+        self.samples.iter().filter_map(move |(n, labels, value)| {
+            let all = with
+                .iter()
+                .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v));
+            (n == name && all).then_some((labels.as_slice(), *value))
+        })
+    }
+
     /// The sum of every sample of `name` whose labels include all of `with`;
     /// fails the test when there is none (a renamed or missing series must
     /// not read as 0).
     pub fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
-        let values: Vec<f64> = self
-            .samples
-            .iter()
-            .filter(|(n, labels, _)| {
-                n == name
-                    && with
-                        .iter()
-                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
-            .map(|(_, _, v)| *v)
-            .collect();
+        let values: Vec<f64> = self.matching(name, with).map(|(_, v)| v).collect();
         assert!(
             !values.is_empty(),
             "no sample {name} with {with:?} in the scrape"
