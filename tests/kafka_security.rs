@@ -113,14 +113,7 @@ async fn refused_with_backoff(
         .with_test_writer()
         .try_init();
     let bridge = Bridge::start(config).await.unwrap();
-    let reason = || {
-        bridge
-            .health()
-            .readiness()
-            .not_ready
-            .into_iter()
-            .find(|r| r.starts_with("sink kafka"))
-    };
+    let reason = || not_ready_reason(&bridge, "sink kafka");
     eventually("the sink's refusal reason", 60, || {
         reason().is_some_and(|r| r.contains(needle))
     })

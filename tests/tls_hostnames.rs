@@ -260,14 +260,7 @@ async fn the_kafka_sink_refuses_a_certificate_for_another_name() {
     );
     let config = Config::parse(&text, Path::new("kafka.yaml"), |_| None).unwrap();
     let bridge = Bridge::start(&config).await.unwrap();
-    let reason = || {
-        bridge
-            .health()
-            .readiness()
-            .not_ready
-            .into_iter()
-            .find(|r| r.starts_with("sink k"))
-    };
+    let reason = || not_ready_reason(&bridge, "sink k");
     eventually("the Kafka sink's refusal reason", 60, || {
         reason().is_some_and(|r| r.contains("SSL handshake failed"))
     })

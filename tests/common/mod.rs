@@ -133,6 +133,17 @@ pub fn source_yaml(
     )
 }
 
+/// Why `bridge` is not ready, as /readyz says it, for the line that starts
+/// with `prefix` (e.g. `sink k`), if there is one.
+pub fn not_ready_reason(bridge: &amqp_bridge::bridge::Bridge, prefix: &str) -> Option<String> {
+    bridge
+        .health()
+        .readiness()
+        .not_ready
+        .into_iter()
+        .find(|r| r.starts_with(prefix))
+}
+
 /// Polls `condition` until it holds; fails the test naming `what` after
 /// `secs`. For counters that change without an event to await.
 pub async fn eventually(what: &str, secs: u64, mut condition: impl FnMut() -> bool) {
